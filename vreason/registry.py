@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 
@@ -51,10 +50,10 @@ class Registry:
             raise TypeError(f"{self.kind} {name!r}: bad parameters {sorted(kwargs)}: {err}") from err
 
 
-def import_submodules(package: ModuleType) -> None:
-    """Import every module of ``package`` so that dropping a file in registers it."""
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{info.name}")
+def import_submodules(package: str, path: list[str]) -> None:
+    """Import every module of a package (``__name__``, ``__path__``) so that dropping a file in registers it."""
+    for info in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{info.name}")
 
 
 CONTROLLERS = Registry("controller")

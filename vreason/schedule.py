@@ -1,0 +1,96 @@
+"""When to optimise (step size k) and the entropy EMA and its running peak (Eqs. 3-4).
+
+Generated tokens are numbered n = 1, 2, ...; token 1 comes from the prefill logits and is never an
+optimisation step. Token n >= 2 comes from decode forward ``step = n - 1``; that forward is an
+optimisation step when ``step >= start`` and ``(step - start) % step_size == 0``. By default
+``start = step_size``, i.e. every k-th decode step (k, 2k, 3k, ...).
+
+EMA (Appendix A's recursion; Eq. 3 in Sec. 3.1 has a typo with the raw H_{t-1}):
+    H^ema_n = beta * H^ema_{n-1} + (1 - beta) * H_n
+The paper leaves two choices open; both are parameters:
+- ``ema_init``: "first" (default) starts the EMA at the first token's entropy, following footnote 1
+  ("H_0 is the entropy of the first token"); "zero" starts from 0, which makes the early EMA climb
+  slowly and keeps alpha at +1 longer.
+- ``ema_every_token``: True (default) updates the EMA with the entropy of every generated token, as
+  Sec. 3.1 says ("at each generation step t (different from k ...)"); False updates it only at
+  optimisation steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from vreason.registry import SCHEDULES
+
+
+@dataclass
+class EntropyState:
+    """Per-sample running statistics. All tensors are [batch] float32."""
+
+    ema: Tensor
+    peak: Tensor  # running EMA maximum observed so far; -inf before the first update
+    started: Tensor  # bool: has the EMA seen its first value
+
+
+@SCHEDULES.register("fixed")
+@dataclass
+class FixedStepSchedule:
+    """Optimise every ``step_size`` decode steps ("k" in the paper; 4 by default).
+
+    Args:
+        step_size: k in the paper.
+        start: first decode step that optimises (1 = the first forward after prefill); default k.
+        ema_beta: beta of Eq. 3 (0.98 in the paper).
+        ema_init: "first" or "zero" (see module docstring).
+        ema_every_token: update the EMA at every token (True) or only at optimisation steps.
+    """
+
+    step_size: int = 4
+    start: int | None = None
+    ema_beta: float = 0.98
+    ema_init: Literal["first", "zero"] = "first"
+    ema_every_token: bool = True
+
+    def __post_init__(self) -> None:
+        if self.step_size < 1:
+            raise ValueError(f"schedule.step_size must be >= 1, got {self.step_size}")
+        if self.start is None:
+            self.start = self.step_size
+        if self.start < 1:
+            raise ValueError(f"schedule.start must be >= 1 (the prefill token never optimises), got {self.start}")
+        if not 0.0 <= self.ema_beta < 1.0:
+            raise ValueError(f"schedule.ema_beta must be in [0, 1), got {self.ema_beta}")
+        if self.ema_init not in ("first", "zero"):
+            raise ValueError(f"schedule.ema_init must be 'first' or 'zero', got {self.ema_init!r}")
+
+    def is_optimization_step(self, step: int) -> bool:
+        """Whether decode forward ``step`` (1 = first forward after prefill) runs with autograd."""
+        return step >= self.start and (step - self.start) % self.step_size == 0
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> EntropyState:
+        zeros = torch.zeros(batch_size, dtype=torch.float32, device=device)
+        return EntropyState(
+            ema=zeros.clone(),
+            peak=torch.full_like(zeros, float("-inf")),
+            started=torch.zeros(batch_size, dtype=torch.bool, device=device),
+        )
+
+    def update(self, state: EntropyState, entropy: Tensor, optimizing: bool) -> Tensor:
+        """Fold this token's entropy [batch] into the EMA; return the peak *before* this token.
+
+        The caller compares the new EMA with the returned peak (Eq. 4) and the state then holds the
+        updated peak.
+        """
+        entropy = entropy.detach().float()
+        peak_before = state.peak.clone()
+        if self.ema_every_token or optimizing:
+            blended = self.ema_beta * state.ema + (1 - self.ema_beta) * entropy
+            first = entropy if self.ema_init == "first" else blended
+            state.ema = torch.where(state.started, blended, first)
+            state.started = torch.ones_like(state.started)
+            state.peak = torch.maximum(state.peak, state.ema)
+        return peak_before
