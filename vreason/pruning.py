@@ -67,9 +67,13 @@ class L2NormPruner:
 
     Args:
         keep_ratio: fraction of selected (video) tokens kept; 0.5 in the paper, 1.0 keeps everything.
+        evict: remove the tokens from the cache (default, saves memory); False keeps them stored and
+            masks them out of attention instead, which gives the same logits (tested) and is useful
+            for inspecting what was pruned.
     """
 
     keep_ratio: float = 0.5
+    evict: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.keep_ratio <= 1.0:
@@ -100,6 +104,8 @@ class L2NormPruner:
         keep = self.select(cache, positions)
         if bool(keep.all()):
             return None
+        if not self.evict:
+            return positions & keep, attention_mask * keep.to(attention_mask.dtype)
         eviction = keep_index(keep)
         evict(cache, eviction)
         new_positions = eviction.gather(positions, dim=1) & eviction.valid

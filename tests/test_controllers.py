@@ -1,0 +1,136 @@
+"""Controllers: Eq. 1 keeps the chosen norm; one step of an entropy objective moves entropy its way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import frames, lm_batch, vl_batch
+from transformers import DynamicCache
+
+from vreason.controllers import CONTROLLERS
+from vreason.controllers.hidden_state import HiddenStateController
+from vreason.controllers.key_cache import KeyCacheController
+from vreason.controllers.value_cache import ValueCacheController, masked_norm
+from vreason.engine import entropy_of, prefill_position_ids
+from vreason.positions import select_positions
+
+
+def attached_controller(norm_dims: str, stored: torch.Tensor, mask: torch.Tensor) -> ValueCacheController:
+    """A value controller attached to a one-layer cache holding ``stored`` as values."""
+    cache = DynamicCache()
+    cache.update(torch.zeros_like(stored), stored, 0)
+    controller = ValueCacheController(layer=0, norm_dims=norm_dims)
+    controller._layer_index = 0
+    controller._reference = masked_norm(stored.float(), mask, norm_dims) if norm_dims != "token" else None
+    controller._cache, controller._mask = cache, mask
+    controller.params = [torch.nn.Parameter(torch.zeros(1, *stored.shape[1:])) for _ in range(stored.shape[0])]
+    if controller._reference is None:
+        controller._reference = masked_norm(stored.float(), mask, norm_dims)
+    return controller
+
+
+@pytest.mark.parametrize("norm_dims", ["block", "head", "token"])
+def test_eq1_keeps_the_chosen_norm(norm_dims):
+    torch.manual_seed(0)
+    stored = torch.randn(2, 3, 7, 5)  # [batch, kv_heads, positions, head_dim]
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    mask[0, 2:5] = True
+    mask[1, [0, 6]] = True
+    controller = attached_controller(norm_dims, stored, mask)
+    with torch.no_grad():
+        for p in controller.params:
+            p.copy_(torch.randn_like(p) * 3)
+    steered = controller.steer(stored)
+    torch.testing.assert_close(masked_norm(steered, mask, norm_dims), masked_norm(stored, mask, norm_dims))
+    untouched = ~mask[:, None, :, None].expand_as(stored)
+    assert torch.equal(steered[untouched], stored[untouched])
+    assert not torch.allclose(steered, stored)
+
+
+def test_eq1_with_zero_offset_is_exactly_the_identity():
+    torch.manual_seed(1)
+    stored = torch.randn(2, 2, 9, 4).to(torch.bfloat16)
+    mask = torch.rand(2, 9) > 0.4
+    for norm_dims in ("block", "head", "token"):
+        assert torch.equal(attached_controller(norm_dims, stored, mask).steer(stored), stored)
+
+
+def test_lite_reference_is_the_unpruned_norm(tiny_vl):
+    """After eviction the kept video values are rescaled to the norm of the full video block."""
+    model, processor = tiny_vl
+    inputs = vl_batch(processor, [("q", frames(4, 56, 84, seed=5))])
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(**inputs, position_ids=prefill_position_ids(model, inputs), past_key_values=cache, use_cache=True)
+    positions = select_positions("video", model, inputs)
+    controller = ValueCacheController()
+    controller.measure(model, cache, positions)
+    full_norm = masked_norm(cache.layers[-1].values, positions, "block")
+    kept = positions.clone()
+    kept[0, kept[0].nonzero().flatten()[::2]] = False  # drop every other video token (by masking)
+    controller.attach(model, cache, kept)
+    steered = controller.steer(cache.layers[-1].values)
+    torch.testing.assert_close(masked_norm(steered, kept, "block"), full_norm)
+    assert masked_norm(cache.layers[-1].values, kept, "block") < full_norm
+
+
+def entropy_after_one_step(model, inputs, controller, positions_name: str, alpha: int, lr: float = 1e-2):
+    """Entropy of the first decode step before and after one AdamW step on -alpha * H."""
+    cache = DynamicCache(config=model.config)
+    position_ids = prefill_position_ids(model, inputs)
+    with torch.no_grad():
+        out = model(**inputs, position_ids=position_ids, past_key_values=cache, use_cache=True)
+    token = out.logits[:, -1].argmax(-1, keepdim=True)
+    positions = select_positions(positions_name, model, inputs)
+    controller.measure(model, cache, positions)
+    controller.attach(model, cache, positions)
+    mask = torch.cat([inputs["attention_mask"], torch.ones_like(token)], dim=1)
+
+    def entropy():
+        with controller.applied():
+            logits = model(
+                input_ids=token,
+                attention_mask=mask,
+                position_ids=position_ids[..., -1:] + 1,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[:, -1]
+        cache.crop(-1)  # drop the decoded token: every call sees the same cache
+        return entropy_of(logits)
+
+    optimizer = torch.optim.AdamW(controller.params, lr=lr, weight_decay=0.0)
+    before = entropy()
+    (-alpha * before).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = entropy()
+    return float(before.detach()), float(after)
+
+
+@pytest.mark.parametrize("controller_cls", [ValueCacheController, KeyCacheController, HiddenStateController])
+@pytest.mark.parametrize("alpha", [-1, 1])
+def test_one_entropy_step_moves_entropy_its_way_video(tiny_vl, controller_cls, alpha):
+    model, processor = tiny_vl
+    inputs = vl_batch(processor, [("Which way?", frames(4, 56, 84, seed=6))])
+    before, after = entropy_after_one_step(model, inputs, controller_cls(), "video", alpha)
+    assert (after - before) * alpha > 0, (before, after)
+
+
+@pytest.mark.parametrize("alpha", [-1, 1])
+def test_one_entropy_step_moves_entropy_its_way_text_prompt_positions(tiny_lm, alpha):
+    model, tok = tiny_lm
+    inputs = lm_batch(tok, ["Add 3 and 4."])
+    before, after = entropy_after_one_step(model, inputs, ValueCacheController(), "prompt", alpha)
+    assert (after - before) * alpha > 0, (before, after)
+
+
+def test_registry_knows_every_controller_and_names_them_on_error():
+    assert {"value_cache", "key_cache", "hidden_state"} <= set(CONTROLLERS.names())
+    with pytest.raises(KeyError, match="value_cache"):
+        CONTROLLERS.get("valu_cache")
+    assert CONTROLLERS.get("vreason.controllers.value_cache.ValueCacheController") is ValueCacheController
+
+
+def test_invalid_norm_dims_is_rejected():
+    with pytest.raises(ValueError, match="norm_dims"):
+        ValueCacheController(norm_dims="channel")

@@ -1,0 +1,200 @@
+"""The decode loop's invariants: equivalence with generate, batch = single, one forward per token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import frames, lm_batch, vl_batch
+
+from vreason.controllers.hidden_state import HiddenStateController
+from vreason.controllers.key_cache import KeyCacheController
+from vreason.controllers.value_cache import ValueCacheController
+from vreason.engine import Decoder, Method, OptimizerConfig
+from vreason.objectives.max_entropy import MaxEntropyObjective
+from vreason.pruning import L2NormPruner
+from vreason.sampling import SamplingConfig
+from vreason.schedule import FixedStepSchedule
+
+N_TOKENS = 24
+
+
+class ForwardRecorder:
+    """Counts model forwards and keeps each forward's last-position logits."""
+
+    def __init__(self, model):
+        self.model, self.logits = model, []
+
+    def __enter__(self):
+        self.handle = self.model.register_forward_hook(self._hook)
+        return self
+
+    def _hook(self, module, args, output):
+        self.logits.append(output.logits[:, -1].detach().float().clone())
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def greedy(n: int = N_TOKENS) -> SamplingConfig:
+    return SamplingConfig(do_sample=False, max_new_tokens=n)
+
+
+def frozen(controller) -> Method:
+    """A controller that is attached and applied but never moves (lr 0)."""
+    return Method(controller=controller, optimizer=OptimizerConfig(lr=0.0))
+
+
+def generate_reference(model, inputs, n: int = N_TOKENS):
+    out = model.generate(
+        **inputs, do_sample=False, max_new_tokens=n, output_logits=True, return_dict_in_generate=True
+    )
+    new = out.sequences[:, inputs["input_ids"].shape[1] :]
+    return new, list(out.logits)
+
+
+@pytest.fixture(scope="module")
+def video_inputs(tiny_vl):
+    _, processor = tiny_vl
+    return vl_batch(processor, [("Which way does the square move?", frames(4, 56, 84, seed=1))])
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        None,
+        frozen(ValueCacheController()),
+        frozen(KeyCacheController()),
+        frozen(HiddenStateController()),
+        Method(pruner=L2NormPruner(keep_ratio=1.0)),
+    ],
+    ids=["off", "value_lr0", "key_lr0", "hidden_lr0", "lite_keep_all"],
+)
+def test_controller_off_matches_generate_video(tiny_vl, video_inputs, method):
+    model, _ = tiny_vl
+    expected_tokens, expected_logits = generate_reference(model, video_inputs)
+    with ForwardRecorder(model) as rec:
+        trace = Decoder(model, method, greedy()).generate(video_inputs)[0]
+    assert trace.token_ids == expected_tokens[0].tolist()
+    assert len(rec.logits) == len(expected_logits)
+    for ours, theirs in zip(rec.logits, expected_logits, strict=True):
+        assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("method", [None, Method(controller=HiddenStateController(), positions="prompt")])
+def test_controller_off_matches_generate_text_lm_batch(tiny_lm, method):
+    model, tok = tiny_lm
+    if method is not None:
+        method.optimizer = OptimizerConfig(lr=0.0)
+    inputs = lm_batch(tok, ["What is two plus two?", "Name a colour."])  # different lengths: left padding
+    expected_tokens, expected_logits = generate_reference(model, inputs)
+    with ForwardRecorder(model) as rec:
+        traces = Decoder(model, method, greedy()).generate(inputs)
+    for row, trace in enumerate(traces):
+        n = len(trace.token_ids)
+        assert trace.token_ids == expected_tokens[row, :n].tolist()
+    for ours, theirs in zip(rec.logits, expected_logits, strict=False):
+        assert torch.equal(ours, theirs)
+
+
+def test_controller_on_changes_decoding(tiny_vl, video_inputs):
+    """Guards the equivalence tests: a moving controller does change the distribution."""
+    model, _ = tiny_vl
+    off = Decoder(model, None, greedy()).generate(video_inputs)[0]
+    on = Decoder(
+        model, Method(controller=ValueCacheController(), optimizer=OptimizerConfig(lr=0.05)), greedy()
+    ).generate(video_inputs)[0]
+    assert on.controller_norm[-1] > 0
+    assert on.entropy[:5] == off.entropy[:5]  # token 5 is the first from an optimisation step
+    assert on.entropy[5:] != off.entropy[5:]
+
+
+def test_optimisation_steps_follow_step_size(tiny_vl, video_inputs):
+    model, _ = tiny_vl
+    method = Method(
+        controller=ValueCacheController(),
+        objective=MaxEntropyObjective(),
+        schedule=FixedStepSchedule(step_size=3),
+    )
+    trace = Decoder(model, method, greedy(20)).generate(video_inputs)[0]
+    steps = [n for n, flag in enumerate(trace.optimized, start=1) if flag]
+    assert steps == list(range(4, len(trace.token_ids) + 1, 3))  # token n comes from decode step n - 1
+
+
+def test_batch_matches_single_runs(tiny_vl):
+    model, processor = tiny_vl
+    specs = [
+        ("Which way does it move?", frames(4, 56, 84, seed=2)),
+        ("What colour is the square that moves across the frame?", frames(6, 84, 56, seed=3)),
+        ("Describe it.", frames(2, 56, 56, seed=4)),
+    ]
+    method_args = dict(optimizer=OptimizerConfig(lr=0.02), schedule=FixedStepSchedule(step_size=2))
+    batch = Decoder(model, Method(controller=ValueCacheController(), **method_args), greedy()).generate(
+        vl_batch(processor, specs), keys=["a", "b", "c"]
+    )
+    for spec, key, in_batch in zip(specs, ["a", "b", "c"], batch, strict=True):
+        alone = Decoder(model, Method(controller=ValueCacheController(), **method_args), greedy()).generate(
+            vl_batch(processor, [spec]), keys=[key]
+        )[0]
+        assert in_batch.token_ids == alone.token_ids
+        assert in_batch.optimized == alone.optimized
+        torch.testing.assert_close(torch.tensor(in_batch.entropy), torch.tensor(alone.entropy), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            torch.tensor(in_batch.controller_norm), torch.tensor(alone.controller_norm), rtol=1e-3, atol=1e-5
+        )
+        assert in_batch.controller_norm[-1] > 0
+
+
+def test_sampling_is_per_sample_and_seeded(tiny_lm):
+    model, tok = tiny_lm
+    sampling = SamplingConfig(do_sample=True, temperature=1.0, top_p=0.9, max_new_tokens=16)
+    questions = ["Pick a number.", "Say something long and random please."]
+    batch = Decoder(model, None, sampling).generate(lm_batch(tok, questions), keys=["x", "y"], seed=7)
+    alone = Decoder(model, None, sampling).generate(lm_batch(tok, questions[1:]), keys=["y"], seed=7)[0]
+    other_seed = Decoder(model, None, sampling).generate(lm_batch(tok, questions[1:]), keys=["y"], seed=8)[0]
+    assert batch[1].token_ids == alone.token_ids
+    assert other_seed.token_ids != alone.token_ids
+
+
+def test_one_forward_per_generated_token(tiny_vl, video_inputs):
+    model, _ = tiny_vl
+    method = Method(controller=ValueCacheController(), schedule=FixedStepSchedule(step_size=1))
+    with ForwardRecorder(model) as rec:
+        trace = Decoder(model, method, greedy()).generate(video_inputs)[0]
+    assert len(rec.logits) == trace.num_tokens
+    assert sum(trace.optimized) == trace.num_tokens - 1
+
+
+def test_weights_unchanged_and_gradients_reach_only_the_controller(tiny_vl, video_inputs):
+    model, _ = tiny_vl
+    before = {name: p.detach().clone() for name, p in model.state_dict().items()}
+    controller = ValueCacheController()
+    seen_grads = []
+
+    def capture(module, args, output):
+        if torch.is_grad_enabled():
+            seen_grads.append([p for p in controller.params])
+
+    handle = model.register_forward_hook(capture)
+    try:
+        trace = Decoder(model, Method(controller=controller, optimizer=OptimizerConfig(lr=0.05)), greedy()).generate(
+            video_inputs
+        )[0]
+    finally:
+        handle.remove()
+    assert seen_grads, "no forward ran with autograd enabled"
+    assert trace.controller_norm[-1] > 0
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    assert all(not p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_stop_strings_end_a_sample(tiny_lm):
+    model, tok = tiny_lm
+    free = Decoder(model, None, greedy(30)).generate(lm_batch(tok, ["Hello"]))[0]
+    text = tok.decode(free.token_ids[:6])
+    stop = text[-2:]
+    stopped = Decoder(model, None, SamplingConfig(do_sample=False, max_new_tokens=30, stop_strings=[stop]), tok)
+    trace = stopped.generate(lm_batch(tok, ["Hello"]))[0]
+    assert trace.finish_reason == "stop_string"
+    assert tok.decode(trace.token_ids).endswith(stop)
+    assert len(trace.token_ids) <= 6
