@@ -51,7 +51,9 @@ def vl_batch(processor, specs: list[tuple[str, torch.Tensor]]):
 
 def lm_batch(tokenizer, questions: list[str]):
     texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
+        )
         for q in questions
     ]
     return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)

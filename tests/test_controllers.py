@@ -23,7 +23,9 @@ def attached_controller(norm_dims: str, stored: torch.Tensor, mask: torch.Tensor
     controller._layer_index = 0
     controller._reference = masked_norm(stored.float(), mask, norm_dims) if norm_dims != "token" else None
     controller._cache, controller._mask = cache, mask
-    controller.params = [torch.nn.Parameter(torch.zeros(1, *stored.shape[1:])) for _ in range(stored.shape[0])]
+    controller.params = [
+        torch.nn.Parameter(torch.zeros(1, *stored.shape[1:])) for _ in range(stored.shape[0])
+    ]
     if controller._reference is None:
         controller._reference = masked_norm(stored.float(), mask, norm_dims)
     return controller
@@ -61,7 +63,9 @@ def test_lite_reference_is_the_unpruned_norm(tiny_vl):
     inputs = vl_batch(processor, [("q", frames(4, 56, 84, seed=5))])
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(**inputs, position_ids=prefill_position_ids(model, inputs), past_key_values=cache, use_cache=True)
+        model(
+            **inputs, position_ids=prefill_position_ids(model, inputs), past_key_values=cache, use_cache=True
+        )
     positions = select_positions("video", model, inputs)
     controller = ValueCacheController()
     controller.measure(model, cache, positions)
@@ -76,6 +80,7 @@ def test_lite_reference_is_the_unpruned_norm(tiny_vl):
 
 def entropy_after_one_step(model, inputs, controller, positions_name: str, alpha: int, lr: float = 1e-2):
     """Entropy of the first decode step before and after one AdamW step on -alpha * H."""
+    model.requires_grad_(False)  # as the engine does: gradients reach only the controller
     cache = DynamicCache(config=model.config)
     position_ids = prefill_position_ids(model, inputs)
     with torch.no_grad():

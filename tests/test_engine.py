@@ -137,7 +137,9 @@ def test_batch_matches_single_runs(tiny_vl):
         )[0]
         assert in_batch.token_ids == alone.token_ids
         assert in_batch.optimized == alone.optimized
-        torch.testing.assert_close(torch.tensor(in_batch.entropy), torch.tensor(alone.entropy), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            torch.tensor(in_batch.entropy), torch.tensor(alone.entropy), rtol=1e-4, atol=1e-4
+        )
         torch.testing.assert_close(
             torch.tensor(in_batch.controller_norm), torch.tensor(alone.controller_norm), rtol=1e-3, atol=1e-5
         )
@@ -176,9 +178,9 @@ def test_weights_unchanged_and_gradients_reach_only_the_controller(tiny_vl, vide
 
     handle = model.register_forward_hook(capture)
     try:
-        trace = Decoder(model, Method(controller=controller, optimizer=OptimizerConfig(lr=0.05)), greedy()).generate(
-            video_inputs
-        )[0]
+        trace = Decoder(
+            model, Method(controller=controller, optimizer=OptimizerConfig(lr=0.05)), greedy()
+        ).generate(video_inputs)[0]
     finally:
         handle.remove()
     assert seen_grads, "no forward ran with autograd enabled"
@@ -193,8 +195,25 @@ def test_stop_strings_end_a_sample(tiny_lm):
     free = Decoder(model, None, greedy(30)).generate(lm_batch(tok, ["Hello"]))[0]
     text = tok.decode(free.token_ids[:6])
     stop = text[-2:]
-    stopped = Decoder(model, None, SamplingConfig(do_sample=False, max_new_tokens=30, stop_strings=[stop]), tok)
+    stopped = Decoder(
+        model, None, SamplingConfig(do_sample=False, max_new_tokens=30, stop_strings=[stop]), tok
+    )
     trace = stopped.generate(lm_batch(tok, ["Hello"]))[0]
     assert trace.finish_reason == "stop_string"
     assert tok.decode(trace.token_ids).endswith(stop)
     assert len(trace.token_ids) <= 6
+
+
+def test_engine_enables_grad_itself_under_no_grad(tiny_vl, video_inputs):
+    """Lightning's predict runs under no_grad (inference_mode=False): the engine turns autograd on itself."""
+    model, _ = tiny_vl
+    method = Method(controller=ValueCacheController(), optimizer=OptimizerConfig(lr=0.05))
+    with torch.no_grad():
+        trace = Decoder(model, method, greedy()).generate(video_inputs)[0]
+    assert any(trace.optimized) and trace.controller_norm[-1] > 0
+
+
+def test_inference_mode_is_refused_with_a_clear_message(tiny_vl, video_inputs):
+    model, _ = tiny_vl
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode=False"):
+        Decoder(model, Method(controller=ValueCacheController()), greedy()).generate(video_inputs)

@@ -35,10 +35,14 @@ def test_switching_alpha_matches_hand_computation():
 
 
 def test_ema_zero_init_and_optimisation_step_only_updates():
-    emas, _ = run_schedule(FixedStepSchedule(ema_beta=0.5, ema_init="zero"), SwitchingObjective(), ENTROPIES[:3])
+    emas, _ = run_schedule(
+        FixedStepSchedule(ema_beta=0.5, ema_init="zero"), SwitchingObjective(), ENTROPIES[:3]
+    )
     assert emas == pytest.approx([0.25, 0.625, 1.3125])
     only_opt = FixedStepSchedule(ema_beta=0.5, ema_every_token=False)
-    emas, _ = run_schedule(only_opt, SwitchingObjective(), ENTROPIES[:4], optimizing=[True, False, True, False])
+    emas, _ = run_schedule(
+        only_opt, SwitchingObjective(), ENTROPIES[:4], optimizing=[True, False, True, False]
+    )
     assert emas == pytest.approx([0.5, 0.5, 1.25, 1.25])
 
 
@@ -63,12 +67,19 @@ def test_fixed_alpha_objectives_and_threshold():
     assert MinEntropyObjective().alpha(h, ema, peak).tolist() == [-1, -1]
     assert MaxEntropyObjective().alpha(h, ema, peak).tolist() == [1, 1]
     assert ThresholdedObjective(threshold=1.0).alpha(h, ema, peak).tolist() == [0, -1]
-    assert ThresholdedObjective(threshold=1.0, use_ema=True).alpha(h, torch.tensor([2.0, 0.1]), peak).tolist() == [-1, 0]
+    assert ThresholdedObjective(threshold=1.0, use_ema=True).alpha(
+        h, torch.tensor([2.0, 0.1]), peak
+    ).tolist() == [-1, 0]
 
 
 def test_schedule_steps_and_validation():
     assert [s for s in range(1, 14) if FixedStepSchedule().is_optimization_step(s)] == [4, 8, 12]
-    assert [s for s in range(1, 8) if FixedStepSchedule(step_size=2, start=1).is_optimization_step(s)] == [1, 3, 5, 7]
+    assert [s for s in range(1, 8) if FixedStepSchedule(step_size=2, start=1).is_optimization_step(s)] == [
+        1,
+        3,
+        5,
+        7,
+    ]
     with pytest.raises(ValueError, match="step_size"):
         FixedStepSchedule(step_size=0)
     with pytest.raises(ValueError, match="ema_beta"):

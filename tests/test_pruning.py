@@ -35,11 +35,15 @@ def lite(keep_ratio: float, evict: bool = True, lr: float = 0.02) -> Method:
 
 def test_keep_ratio_one_equals_no_pruning(tiny_vl, batch_inputs):
     model, _ = tiny_vl
-    full = Method(controller=ValueCacheController(), optimizer=OptimizerConfig(lr=0.02), schedule=FixedStepSchedule(2))
+    full = Method(
+        controller=ValueCacheController(), optimizer=OptimizerConfig(lr=0.02), schedule=FixedStepSchedule(2)
+    )
     a = Decoder(model, full, GREEDY).generate(batch_inputs)
     b = Decoder(model, lite(1.0), GREEDY).generate(batch_inputs)
     for x, y in zip(a, b, strict=True):
-        assert x.token_ids == y.token_ids and x.entropy == y.entropy and x.controller_norm == y.controller_norm
+        assert (
+            x.token_ids == y.token_ids and x.entropy == y.entropy and x.controller_norm == y.controller_norm
+        )
 
 
 def test_physical_eviction_equals_attention_masking_logits(tiny_vl, batch_inputs):
@@ -65,8 +69,11 @@ def test_physical_eviction_equals_attention_masking_logits(tiny_vl, batch_inputs
         step_mask = torch.cat([mask, torch.ones_like(token)], dim=1)
         with torch.no_grad():
             out = model(
-                input_ids=token, attention_mask=step_mask, position_ids=position_ids[..., -1:] + 1,
-                past_key_values=cache, use_cache=True,
+                input_ids=token,
+                attention_mask=step_mask,
+                position_ids=position_ids[..., -1:] + 1,
+                past_key_values=cache,
+                use_cache=True,
             )
         logits.append(out.logits[:, -1])
     assert caches[0].get_seq_length() < caches[1].get_seq_length()
@@ -82,7 +89,9 @@ def test_physical_eviction_equals_masking_through_the_whole_loop(tiny_vl, batch_
         assert x.cached_prompt_tokens < x.prompt_tokens
         assert x.cached_prompt_tokens == y.cached_prompt_tokens
         torch.testing.assert_close(torch.tensor(x.entropy), torch.tensor(y.entropy), rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(torch.tensor(x.controller_norm), torch.tensor(y.controller_norm), rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(
+            torch.tensor(x.controller_norm), torch.tensor(y.controller_norm), rtol=1e-3, atol=1e-5
+        )
 
 
 def test_lowest_mean_norm_tokens_are_evicted():

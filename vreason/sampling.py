@@ -76,5 +76,8 @@ def next_tokens(scores: Tensor, config: SamplingConfig, generators: list[torch.G
         return scores.argmax(dim=-1)
     probs = torch.softmax(scores.float(), dim=-1)
     return torch.cat(
-        [torch.multinomial(probs[row : row + 1], 1, generator=gen).flatten() for row, gen in enumerate(generators)]
+        [
+            torch.multinomial(probs[row : row + 1], 1, generator=gen).flatten()
+            for row, gen in enumerate(generators)
+        ]
     )

@@ -61,7 +61,9 @@ class FixedStepSchedule:
         if self.start is None:
             self.start = self.step_size
         if self.start < 1:
-            raise ValueError(f"schedule.start must be >= 1 (the prefill token never optimises), got {self.start}")
+            raise ValueError(
+                f"schedule.start must be >= 1 (the prefill token never optimises), got {self.start}"
+            )
         if not 0.0 <= self.ema_beta < 1.0:
             raise ValueError(f"schedule.ema_beta must be in [0, 1), got {self.ema_beta}")
         if self.ema_init not in ("first", "zero"):

