@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import tempfile
 import time
@@ -20,6 +21,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from vreason.data.scoring import paper_averages, summarise
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "mlflow_run.json"
 MAX_PARAMS_PER_CALL = 100
@@ -62,7 +65,14 @@ class Tracker:
         return self.run_id
 
     def log_params(self, params: dict[str, str]) -> None:
-        items = [Param(k, v) for k, v in sorted(params.items())]
+        """Log the config. On a resumed run, params MLflow already holds are kept (it forbids changing
+        them); a value that differs now is recorded as a ``resumed.<key>`` tag instead."""
+        logged = self.client.get_run(self.run_id).data.params
+        changed = {k: v for k, v in params.items() if k in logged and logged[k] != v}
+        for key, value in changed.items():
+            log.warning("resumed run: %s was %r, now %r (recorded as tag resumed.%s)", key, logged[key], value, key)
+            self.client.set_tag(self.run_id, f"resumed.{key}", value)
+        items = [Param(k, v) for k, v in sorted(params.items()) if k not in logged]
         for i in range(0, len(items), MAX_PARAMS_PER_CALL):
             self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_CALL])
 

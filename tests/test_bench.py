@@ -1,0 +1,97 @@
+"""The overhead benchmark (bench/overhead.py) runs end to end on the tiny model: every variant gets a row
+with positive, finite numbers in both the JSON and the Markdown. No timing thresholds: this is a smoke
+test of the script, not of the machine."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.overhead import load_config, main, measure_memory, run_benchmark
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bench" / "configs"
+TINY = CONFIGS / "tiny.yaml"
+VARIANTS = ["generate", "loop_off", "full_k1", "full_k2", "full_k4", "full_k8", "lite_k4"]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    run_benchmark(TINY, [], out, "pytest", memory=False, log=lambda line: None)
+    return out, json.loads((out / "tiny.json").read_text()), (out / "tiny.md").read_text()
+
+
+def positive_finite(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_every_variant_has_a_row_in_json_and_markdown(bench_run):
+    _, report, md = bench_run
+    (setting,) = report["settings"]
+    assert list(setting["variants"]) == VARIANTS
+    for name in VARIANTS:
+        assert f"| {name} (" in md
+    assert report["command"] == "pytest"
+    assert report["machine"]["torch"] == torch.__version__
+
+
+def test_numbers_are_positive_and_finite(bench_run):
+    _, report, _ = bench_run
+    (setting,) = report["settings"]
+    for name, row in setting["variants"].items():
+        for key in ("per_token_ms", "ratio_vs_generate", "robust_per_token_ms", "prefill_s", "plain_step_ms"):
+            assert positive_finite(row[key]), (name, key, row[key])
+        assert all(positive_finite(x) for x in row["paired_ratios"] + row["per_token_ms_runs"]), name
+        assert positive_finite(row["kv_cache_mib"]), name
+        assert set(row["tokens_per_s"]) == {"1", "2"}, name
+        assert all(positive_finite(x) for x in row["tokens_per_s"].values()), name
+        if row["optimisation_steps"]:
+            assert positive_finite(row["opt_step_ms"]), name
+
+
+def test_each_k_optimises_its_share_of_the_decode_steps(bench_run):
+    _, report, _ = bench_run
+    rows = report["settings"][0]["variants"]
+    decode_steps = report["settings"][0]["max_new_tokens"] - 1  # 4
+    expected = {"generate": 0, "loop_off": 0, "full_k1": 4, "full_k2": 2, "full_k4": 1, "full_k8": 0, "lite_k4": 1}
+    assert {name: row["optimisation_steps"] for name, row in rows.items()} == expected
+    assert all(row["faults"] == 0 for row in rows.values())
+    assert decode_steps == 4
+
+
+def test_controller_off_decodes_what_generate_decodes(bench_run):
+    _, report, _ = bench_run
+    assert report["settings"][0]["loop_off_tokens_match_generate"] is True
+
+
+def test_lite_keeps_a_smaller_kv_cache(bench_run):
+    _, report, _ = bench_run
+    rows = report["settings"][0]["variants"]
+    assert rows["lite_k4"]["kv_cache_mib"] < rows["generate"]["kv_cache_mib"]
+
+
+def test_memory_probe_runs_in_a_fresh_process():
+    cfg = load_config(TINY)
+    setting = cfg.videos[0].name
+    probes = measure_memory(TINY, [], ["lite_k4"], setting)
+    probe = probes["lite_k4"]
+    assert positive_finite(probe["peak_delta_mib"])
+    assert probe["decode_peak_delta_mib"] >= 0
+    assert positive_finite(probe["kv_cache_mib"])
+
+
+def test_every_config_validates_without_building():
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        cfg = load_config(path)
+        assert "generate" in cfg.variants, path
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the failure path is for machines without CUDA")
+def test_gpu_config_fails_fast_without_cuda(tmp_path):
+    with pytest.raises(SystemExit, match="CUDA is not available"):
+        main(["--config", str(CONFIGS / "qwen2.5-vl-7b-arch.yaml"), "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())

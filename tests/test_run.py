@@ -1,0 +1,166 @@
+"""End to end: the CLI runs a config through Lightning, writes predictions, records MLflow, resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from vreason.cli import main
+from vreason.predictions import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+
+
+def paths(tmp: Path) -> list[str]:
+    """Overrides that keep a run's files inside ``tmp``."""
+    return [
+        f"output_dir={tmp}/out",
+        f"data.root={tmp}/data",
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+    ]
+
+
+def cli(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "vreason", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def only_run(tmp: Path, experiment: str):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def tokens_by_sample(path: Path) -> dict[str, list[int]]:
+    return {p["sample_id"]: p["trace"]["token_ids"] for p in read_jsonl(path)}
+
+
+def test_smoke_config_runs_end_to_end_and_is_recorded_in_mlflow(tmp_path):
+    proc = cli(["run", str(SMOKE), *paths(tmp_path)], cwd=tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "| smoke |" in out and "mlflow ui --backend-store-uri" in out
+
+    client, run = only_run(tmp_path, "vreason-smoke")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["method.controller.name"] == "value_cache"
+    assert run.data.params["method.schedule.step_size"] == "4"
+    metrics = run.data.metrics
+    assert metrics["samples"] == 8 and metrics["failed"] == 0
+    assert 0.0 <= metrics["synthetic/acc"] <= 1.0
+    assert metrics["mean_output_tokens"] > 0 and metrics["seconds_per_sample"] > 0
+    assert metrics["optimization_steps_per_sample"] > 0
+    curve = client.get_metric_history(run.info.run_id, "curve/entropy_mean")
+    assert len(curve) > 8 and [m.step for m in curve] == list(range(len(curve)))
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"predictions.jsonl", "traces.csv", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/entropy_curve.png", "plots/alpha_before_peak.png", "plots/output_tokens.png"} <= plots
+
+    predictions = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    assert len(predictions) == 8
+    for p in predictions:
+        n = p["num_tokens"]
+        assert all(
+            len(p["trace"][k]) == n for k in ("entropy", "ema", "alpha", "optimized", "controller_norm")
+        )
+
+    # Determinism: the same config and seed give the same tokens and scores.
+    again = tmp_path / "again"
+    proc = cli(["run", str(SMOKE), *paths(again)], cwd=tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert tokens_by_sample(again / "out" / "predictions.jsonl") == tokens_by_sample(
+        tmp_path / "out" / "predictions.jsonl"
+    )
+
+
+SMALL = ["data.synthetic_size=4", "sampling.max_new_tokens=10"]
+
+
+def test_rerun_resumes_the_same_mlflow_run_without_duplicates(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(SMOKE), *paths(tmp_path), *SMALL, "data.limit=2"]) == 0
+    _, first = only_run(tmp_path, "vreason-smoke")
+    assert first.data.metrics["samples"] == 2
+    assert main(["run", str(SMOKE), *paths(tmp_path), *SMALL]) == 0
+    _, second = only_run(tmp_path, "vreason-smoke")
+    assert second.info.run_id == first.info.run_id
+    assert second.data.metrics["samples"] == 4
+    ids = [p["sample_id"] for p in read_jsonl(tmp_path / "out" / "predictions.jsonl")]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 4
+    assert main(["score", str(tmp_path / "out" / "predictions.jsonl")]) == 0
+    assert "synthetic" in capsys.readouterr().out
+
+
+def test_two_process_ddp_writes_every_sample_exactly_once(tmp_path):
+    args = ["run", str(SMOKE), *paths(tmp_path), *SMALL, "data.synthetic_size=6"]
+    args += ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu", "data.batch_size=1"]
+    proc = cli(args, cwd=tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    shards = [read_jsonl(tmp_path / "out" / f"predictions.rank{r}.jsonl") for r in (0, 1)]
+    assert all(shards), "each rank writes its own shard"
+    written = [p["sample_id"] for shard in shards for p in shard]
+    assert sorted(written) == sorted(set(written)) and len(written) == 6
+    assert len(read_jsonl(tmp_path / "out" / "predictions.jsonl")) == 6
+    _, run = only_run(tmp_path, "vreason-smoke")
+    assert run.data.metrics["samples"] == 6
+
+
+def test_killed_run_resumes_with_nothing_lost_or_duplicated(tmp_path):
+    args = [
+        "run",
+        str(SMOKE),
+        *SMALL,
+        "data.synthetic_size=8",
+        "data.batch_size=1",
+        "sampling.max_new_tokens=24",
+    ]
+    reference = tmp_path / "reference"
+    proc = cli([*args, *paths(reference)], cwd=tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+
+    killed = tmp_path / "killed"
+    shard = killed / "out" / "predictions.rank0.jsonl"
+    proc = cli([*args, *paths(killed)], cwd=tmp_path, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_jsonl(shard)) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(read_jsonl(shard))
+    assert 2 <= done_before < 8, "the kill must land mid-run"
+
+    proc = cli([*args, *paths(killed)], cwd=tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert f"{done_before} already done" in out
+    resumed = read_jsonl(killed / "out" / "predictions.jsonl")
+    assert len(resumed) == 8 and len({p["sample_id"] for p in resumed}) == 8
+    expected = {
+        p["sample_id"]: (p["trace"]["token_ids"], p["score"])
+        for p in read_jsonl(reference / "out" / "predictions.jsonl")
+    }
+    assert {p["sample_id"]: (p["trace"]["token_ids"], p["score"]) for p in resumed} == expected
+    record = json.loads((killed / "out" / "mlflow_run.json").read_text())
+    _, run = only_run(killed, "vreason-smoke")
+    assert run.info.run_id == record["run_id"] and run.info.status == "FINISHED"
