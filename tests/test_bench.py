@@ -57,7 +57,15 @@ def test_each_k_optimises_its_share_of_the_decode_steps(bench_run):
     _, report, _ = bench_run
     rows = report["settings"][0]["variants"]
     decode_steps = report["settings"][0]["max_new_tokens"] - 1  # 4
-    expected = {"generate": 0, "loop_off": 0, "full_k1": 4, "full_k2": 2, "full_k4": 1, "full_k8": 0, "lite_k4": 1}
+    expected = {
+        "generate": 0,
+        "loop_off": 0,
+        "full_k1": 4,
+        "full_k2": 2,
+        "full_k4": 1,
+        "full_k8": 0,
+        "lite_k4": 1,
+    }
     assert {name: row["optimisation_steps"] for name, row in rows.items()} == expected
     assert all(row["faults"] == 0 for row in rows.values())
     assert decode_steps == 4

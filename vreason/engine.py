@@ -201,17 +201,23 @@ class Decoder:
         active = torch.ones(batch, dtype=torch.bool, device=self.device)
         norms = torch.zeros(batch)
         step, optimizing = 0, False
+        self._snapshots = {}
         while True:
+            finite = torch.isfinite(logits.detach()).all(dim=-1)
+            faults = self._contain_non_finite(finite, active, optimizers)
             # Entropy with grad on optimisation steps; sampling from the detached logits (Algorithm 1).
             with torch.set_grad_enabled(optimizing):
-                entropy = entropy_of(logits)
-                peak = schedule.update(state, entropy, optimizing)
+                entropy = torch.where(finite, entropy_of(logits.nan_to_num()), float("nan"))
+                peak = schedule.update(state, entropy, optimizing, valid=finite)
                 loss, alpha = method.objective(entropy, state.ema, peak)
-            scores = self.processor(sequences, logits.detach().float())
+            scores = self.processor(
+                sequences, logits.detach().float().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+            )
             token = next_tokens(scores, self.sampling, generators)
             token = torch.where(active, token, self.pad_token_id)
-            faults = self._optimize(loss, alpha, active, optimizers) if optimizing else {}
             if optimizing:
+                faults = {**self._optimize(loss, alpha, active & finite, optimizers), **faults}
+            if controller is not None and (optimizing or faults):
                 norms = controller.norms().cpu()
             self._record(traces, active, token, entropy, state.ema, alpha, optimizing, norms, faults, step)
 
@@ -270,11 +276,34 @@ class Decoder:
             for i in range(len(controller.params))
         ]
 
+    def _contain_non_finite(self, finite: Tensor, active: Tensor, optimizers: list) -> dict[int, str]:
+        """Rows whose logits hold NaN/Inf: record the fault and put the controller back to its value
+        before its last step (the last value known to give finite logits). Generation continues; the
+        EMA skips that token and no step is taken on it."""
+        faults: dict[int, str] = {}
+        if bool(finite.all()):
+            return faults
+        for row in (active & ~finite).nonzero().flatten().tolist():
+            faults[row] = "non-finite logits"
+            self._restore(row, optimizers)
+        return faults
+
+    def _restore(self, row: int, optimizers: list) -> None:
+        if row not in self._snapshots:
+            return
+        with torch.no_grad():
+            for param, saved in zip(
+                self.method.controller.sample_parameters(row), self._snapshots[row], strict=True
+            ):
+                param.copy_(saved)
+        optimizers[row].state.clear()  # its moments led here; start them afresh
+
     def _optimize(self, loss: Tensor, alpha: Tensor, active: Tensor, optimizers: list) -> dict[int, str]:
         """One AdamW step per sample that is active and has alpha != 0; per-sample gradient clipping.
 
         A sample whose loss or gradient is not finite skips the step (its controller keeps its last
-        finite value) and the fault is returned for the trace.
+        finite value); a step that makes the controller non-finite is undone. Faults are returned for
+        the trace.
         """
         take = active & (alpha != 0)
         faults: dict[int, str] = {}
@@ -293,7 +322,11 @@ class Decoder:
             if not torch.isfinite(grad_norm):
                 faults[row] = "non-finite gradient"
                 continue
+            self._snapshots[row] = [p.detach().clone() for p in params]
             optimizers[row].step()
+            if not all(bool(torch.isfinite(p).all()) for p in params):
+                faults[row] = "non-finite controller"
+                self._restore(row, optimizers)
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         return faults

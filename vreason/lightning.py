@@ -8,6 +8,7 @@ takes gradient steps inside predict.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,14 @@ from torch.utils.data import DataLoader
 from vreason.data.prompts import build_messages, build_prompt, build_text_messages
 from vreason.data.records import Record
 from vreason.data.scoring import extract_answer, score
-from vreason.data.video import VideoConfig, prepare_inputs, prepare_text_inputs, video_element_options
+from vreason.data.video import (
+    VideoConfig,
+    collate_inputs,
+    load_videos,
+    prepare_text_inputs,
+    video_element_options,
+)
+from vreason.data.video_reader import LoadedVideo
 from vreason.engine import Decoder, SampleTrace
 from vreason.predictions import PredictionStore
 
@@ -39,43 +47,54 @@ class Batch:
 class RecordCollator:
     """Turns records into one left-padded processor batch; a record that fails is set aside with its reason.
 
-    Runs in DataLoader workers, so video decoding overlaps decoding on the accelerator.
+    Videos are read record by record (so one bad file fails only its own sample) in DataLoader workers,
+    so video decoding overlaps decoding on the accelerator.
     """
 
     def __init__(self, processor: Any, video: VideoConfig, root: Path, multimodal: bool) -> None:
         self.processor, self.video, self.root, self.multimodal = processor, video, root, multimodal
 
     def messages(self, record: Record) -> list[dict]:
-        if record.data_type == "video" and self.multimodal:
+        if record.data_type == "video":
+            if not self.multimodal:
+                raise ValueError("a video record needs a multimodal model (model.kind is text-only)")
             path = (self.root / record.path).resolve()
             return build_messages(record, str(path), video_element_options(self.video))
         return build_text_messages(build_prompt(record))
 
-    def prepare(self, records: list[Record]) -> dict[str, torch.Tensor]:
-        messages = [self.messages(r) for r in records]
-        if self.multimodal:
-            return dict(prepare_inputs(self.processor, messages, self.video))
-        return dict(prepare_text_inputs(self.processor, messages))
+    def load(self, record: Record) -> tuple[list[dict], list[LoadedVideo]]:
+        messages = self.messages(record)
+        videos = load_videos(messages) if self.multimodal else []
+        for video in videos:
+            n_frames, _, height, width = video.frames.shape  # already sampled and resized
+            tokens = math.ceil(n_frames / 2) * (height // 28) * (width // 28)
+            budget = self.video.max_video_tokens
+            if budget is not None and tokens > budget:
+                raise ValueError(
+                    f"video needs {tokens} tokens even at the smallest frame size, over "
+                    f"video.max_video_tokens={budget}"
+                )
+        return messages, videos
 
     def __call__(self, records: list[Record]) -> Batch:
         failures = [(r, r.error) for r in records if r.error]
-        good = [r for r in records if not r.error]
-        if not good:
-            return Batch([], None, failures)
-        try:
-            return Batch(good, self.prepare(good), failures)
-        except (OSError, ValueError, RuntimeError) as err:
-            if len(good) == 1:
-                return Batch([], None, [*failures, (good[0], f"{type(err).__name__}: {err}")])
-        # Several records and one failed: find which, keep the others together.
-        ok = []
-        for record in good:
+        ready, messages, videos = [], [], []
+        for record in (r for r in records if not r.error):
             try:
-                self.prepare([record])
-                ok.append(record)
+                record_messages, record_videos = self.load(record)
             except (OSError, ValueError, RuntimeError) as err:
                 failures.append((record, f"{type(err).__name__}: {err}"))
-        return Batch(ok, self.prepare(ok) if ok else None, failures)
+                continue
+            ready.append(record)
+            messages.append(record_messages)
+            videos.append(record_videos)
+        if not ready:
+            return Batch([], None, failures)
+        if self.multimodal:
+            inputs = collate_inputs(self.processor, messages, videos)
+        else:
+            inputs = prepare_text_inputs(self.processor, messages)
+        return Batch(ready, dict(inputs), failures)
 
 
 class RecordDataModule(L.LightningDataModule):

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vreason.config import build_method
+from vreason.config import ConfigError, build_method
 from vreason.data.arithmetic import arithmetic_problems
 from vreason.data.benchmarks import resolve_benchmark_file
 from vreason.data.records import Record, load_records
@@ -41,7 +41,13 @@ def load_experiment_records(cfg: DictConfig) -> list[Record]:
         elif name == "arithmetic":
             found = arithmetic_problems(cfg.data.synthetic_size, seed=cfg.seed)
         else:
-            found = load_records(resolve_benchmark_file(root, name), name)
+            try:
+                found = load_records(resolve_benchmark_file(root, name), name)
+            except (
+                KeyError,
+                ValueError,
+            ) as err:  # unknown benchmark, unreadable file: before the model loads
+                raise ConfigError(f"data.benchmarks: {err.args[0] if err.args else err}") from err
         records.extend(found[: cfg.data.limit] if cfg.data.limit else found)
     return records
 

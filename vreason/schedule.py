@@ -81,18 +81,21 @@ class FixedStepSchedule:
             started=torch.zeros(batch_size, dtype=torch.bool, device=device),
         )
 
-    def update(self, state: EntropyState, entropy: Tensor, optimizing: bool) -> Tensor:
+    def update(
+        self, state: EntropyState, entropy: Tensor, optimizing: bool, valid: Tensor | None = None
+    ) -> Tensor:
         """Fold this token's entropy [batch] into the EMA; return the peak *before* this token.
 
         The caller compares the new EMA with the returned peak (Eq. 4) and the state then holds the
-        updated peak.
+        updated peak. Rows where ``valid`` is False (a non-finite entropy) leave their state as it was.
         """
         entropy = entropy.detach().float()
         peak_before = state.peak.clone()
         if self.ema_every_token or optimizing:
+            keep = torch.isfinite(entropy) if valid is None else valid & torch.isfinite(entropy)
             blended = self.ema_beta * state.ema + (1 - self.ema_beta) * entropy
             first = entropy if self.ema_init == "first" else blended
-            state.ema = torch.where(state.started, blended, first)
-            state.started = torch.ones_like(state.started)
-            state.peak = torch.maximum(state.peak, state.ema)
+            state.ema = torch.where(keep, torch.where(state.started, blended, first), state.ema)
+            state.started = state.started | keep
+            state.peak = torch.where(keep, torch.maximum(state.peak, state.ema), state.peak)
         return peak_before

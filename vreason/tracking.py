@@ -70,7 +70,9 @@ class Tracker:
         logged = self.client.get_run(self.run_id).data.params
         changed = {k: v for k, v in params.items() if k in logged and logged[k] != v}
         for key, value in changed.items():
-            log.warning("resumed run: %s was %r, now %r (recorded as tag resumed.%s)", key, logged[key], value, key)
+            log.warning(
+                "resumed run: %s was %r, now %r (recorded as tag resumed.%s)", key, logged[key], value, key
+            )
             self.client.set_tag(self.run_id, f"resumed.{key}", value)
         items = [Param(k, v) for k, v in sorted(params.items()) if k not in logged]
         for i in range(0, len(items), MAX_PARAMS_PER_CALL):
