@@ -57,3 +57,39 @@ def lm_batch(tokenizer, questions: list[str]):
         for q in questions
     ]
     return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+@pytest.fixture(scope="session")
+def mp4_videos(tmp_path_factory):
+    """Real MP4 files (PyAV) of synthetic clips of different sizes and lengths."""
+    from vreason.data.synthetic import ClipSpec, render_frames, write_mp4
+
+    folder = tmp_path_factory.mktemp("videos")
+    clips = {
+        "right_red": ClipSpec("right", "red", 96, 64, 2),
+        "up_blue": ClipSpec("up", "blue", 64, 48, 3),
+        "left_green": ClipSpec("left", "green", 96, 64, 1),
+    }
+    paths = {}
+    for name, spec in clips.items():
+        paths[name] = folder / f"{name}.mp4"
+        write_mp4(paths[name], render_frames(spec))
+    return paths
+
+
+def mp4_batch(processor, specs: list[tuple[str, object]], max_frames: int = 8):
+    """Processor inputs for (question, mp4 path) pairs: frames sampled and resized by qwen-vl-utils'
+    rules (fps 2, 4..max_frames frames) and fed to the real processor, left-padded."""
+    from vreason.data.video import VideoConfig, prepare_inputs, video_element_options
+
+    options = video_element_options(VideoConfig(max_frames=max_frames, min_pixels=3136, max_pixels=12544))
+    messages = [
+        [
+            {
+                "role": "user",
+                "content": [{"type": "video", "video": str(path), **options}, {"type": "text", "text": q}],
+            }
+        ]
+        for q, path in specs
+    ]
+    return dict(prepare_inputs(processor, messages))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import frames, lm_batch, vl_batch
+from conftest import lm_batch, mp4_batch
 
 from vreason.controllers.hidden_state import HiddenStateController
 from vreason.controllers.key_cache import KeyCacheController
@@ -53,9 +53,10 @@ def generate_reference(model, inputs, n: int = N_TOKENS):
 
 
 @pytest.fixture(scope="module")
-def video_inputs(tiny_vl):
+def video_inputs(tiny_vl, mp4_videos):
+    """One real MP4, decoded and sampled by qwen-vl-utils' rules, through the real processor."""
     _, processor = tiny_vl
-    return vl_batch(processor, [("Which way does the square move?", frames(4, 56, 84, seed=1))])
+    return mp4_batch(processor, [("Which way does the square move?", mp4_videos["right_red"])])
 
 
 @pytest.mark.parametrize(
@@ -120,20 +121,20 @@ def test_optimisation_steps_follow_step_size(tiny_vl, video_inputs):
     assert steps == list(range(4, len(trace.token_ids) + 1, 3))  # token n comes from decode step n - 1
 
 
-def test_batch_matches_single_runs(tiny_vl):
+def test_batch_matches_single_runs(tiny_vl, mp4_videos):
     model, processor = tiny_vl
     specs = [
-        ("Which way does it move?", frames(4, 56, 84, seed=2)),
-        ("What colour is the square that moves across the frame?", frames(6, 84, 56, seed=3)),
-        ("Describe it.", frames(2, 56, 56, seed=4)),
+        ("Which way does it move?", mp4_videos["right_red"]),
+        ("What colour is the square that moves across the frame?", mp4_videos["up_blue"]),
+        ("Describe it.", mp4_videos["left_green"]),
     ]
     method_args = dict(optimizer=OptimizerConfig(lr=0.02), schedule=FixedStepSchedule(step_size=2))
     batch = Decoder(model, Method(controller=ValueCacheController(), **method_args), greedy()).generate(
-        vl_batch(processor, specs), keys=["a", "b", "c"]
+        mp4_batch(processor, specs), keys=["a", "b", "c"]
     )
     for spec, key, in_batch in zip(specs, ["a", "b", "c"], batch, strict=True):
         alone = Decoder(model, Method(controller=ValueCacheController(), **method_args), greedy()).generate(
-            vl_batch(processor, [spec]), keys=[key]
+            mp4_batch(processor, [spec]), keys=[key]
         )[0]
         assert in_batch.token_ids == alone.token_ids
         assert in_batch.optimized == alone.optimized
