@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -367,6 +368,7 @@ class ForwardClock:
         self.model, self.on_decode_start = model, on_decode_start
         self.device = model.get_output_embeddings().weight.device
         self.starts: list[float] = []
+        self.cpu_starts: list[float] = []  # process CPU time: what the run computed, not how long it waited
         self.grad: list[bool] = []
         self.prefill_end = 0.0
         self.cache = None
@@ -386,6 +388,7 @@ class ForwardClock:
         if self.starts:  # a decode forward; the sync makes the timestamp mean "previous step done"
             _sync(self.device)
         self.starts.append(time.perf_counter())
+        self.cpu_starts.append(time.process_time())
         self.grad.append(torch.is_grad_enabled())
         self.cache = kwargs.get("past_key_values", self.cache)
         if len(self.starts) == 2 and self.on_decode_start is not None:
@@ -411,7 +414,9 @@ class Run:
     prefill_s: float  # call start -> end of the prefill forward
     setup_s: float  # end of prefill -> start of the first decode forward (token 1, Lite eviction, attach)
     decode_s: float  # start of the first decode forward -> end of the call
-    plain_step_s: float  # median interval between decode-forward starts, forward without autograd
+    decode_cpu_s: float  # process CPU time over the same span (with one intra-op thread: immune to
+    # other processes taking the core, not to their use of memory bandwidth)
+    plain_step_s: float | None  # median interval between decode-forward starts, forward without autograd
     opt_step_s: float | None  # the same for optimisation steps (forward with autograd + backward + AdamW)
     optimisation_steps: int  # per sample
     faults: int
@@ -426,13 +431,18 @@ class Run:
         return self.decode_s / (self.new_tokens - 1)
 
     @property
+    def cpu_per_token_s(self) -> float:
+        return self.decode_cpu_s / (self.new_tokens - 1)
+
+    @property
     def robust_per_token_s(self) -> float:
         """Per-token time from the median plain and median optimisation step: insensitive to a burst
         of load from other processes during a few steps."""
         n_opt = self.optimisation_steps if self.opt_step_s is not None else 0
         n_plain = self.new_tokens - 1 - n_opt
-        plain = self.plain_step_s if n_plain else 0.0
-        return (n_plain * plain + n_opt * (self.opt_step_s or 0.0)) / (self.new_tokens - 1)
+        return (n_plain * (self.plain_step_s or 0.0) + n_opt * (self.opt_step_s or 0.0)) / (
+            self.new_tokens - 1
+        )
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -498,7 +508,7 @@ def run_variant(
             optimised = [sum(t.optimized) for t in traces]
             faults = sum(len(t.faults) for t in traces)
         _sync(device)
-        end = time.perf_counter()
+        end, cpu_end = time.perf_counter(), time.process_time()
     lengths = {len(ids) for ids in token_ids}
     if lengths != {new_tokens} or len(clock.starts) != new_tokens:
         raise RuntimeError(
@@ -515,7 +525,8 @@ def run_variant(
         prefill_s=clock.prefill_end - start,
         setup_s=clock.starts[1] - clock.prefill_end,
         decode_s=end - clock.starts[1],
-        plain_step_s=statistics.median(plain) if plain else math.nan,
+        decode_cpu_s=cpu_end - clock.cpu_starts[1],
+        plain_step_s=statistics.median(plain) if plain else None,
         opt_step_s=statistics.median(opt) if opt else None,
         optimisation_steps=max(optimised),
         faults=faults,
@@ -546,29 +557,39 @@ def _reset_peak_rss() -> int:
     return _proc_status_kib("VmRSS") * 1024
 
 
-def memory_probe(cfg: BenchConfig, variant_name: str, setting_label: str) -> dict[str, float]:
-    """In this (fresh) process: peak RSS growth of one run, over the whole call and over decoding alone."""
+def memory_probe(cfg: BenchConfig, variant_name: str, setting_label: str) -> dict[str, Any]:
+    """In this (fresh) process: peak RSS growth of one run, over the whole call and over decoding alone.
+
+    A first run of the same variant (long enough for one optimisation step) loads the code pages the
+    run touches and starts the thread pools, so that the measured run counts tensors, not libraries.
+    ``measure_memory`` starts this process with a fixed glibc mmap threshold, so what the first run
+    freed goes back to the system and cannot hide the measured run's peak.
+    """
     require_device(cfg.model.device)
     torch.set_num_threads(cfg.threads or torch.get_num_threads())  # this process exists for the probe
     setting = next(s for s in settings(cfg) if setting_name(s) == setting_label)
     model, tokenizer = build_model(cfg.model)
     inputs = make_inputs(cfg, tokenizer, setting, 1)
     variant = parse_variant(variant_name, cfg.lite_keep_ratio)
+    run_variant(model, variant, inputs, (variant.step_size or 1) + 1, cfg.positions)
     marks: dict[str, int] = {}
 
     def decode_started() -> None:
         marks["prefill_peak"] = _proc_status_kib("VmHWM") * 1024
         marks["decode_base"] = _reset_peak_rss()
 
+    file_before = _proc_status_kib("RssFile")
     base = _reset_peak_rss()
     run = run_variant(
         model, variant, inputs, cfg.memory.max_new_tokens, cfg.positions, on_decode_start=decode_started
     )
     decode_peak = _proc_status_kib("VmHWM") * 1024
     return {
-        "method": "peak RSS (VmHWM) growth in a fresh process",
-        "peak_delta_mib": (max(marks["prefill_peak"], decode_peak) - base) / 2**20,
-        "decode_peak_delta_mib": (decode_peak - marks["decode_base"]) / 2**20,
+        "method": "peak RSS (VmHWM) growth in a fresh process, after a warm-up run",
+        "peak_delta_mib": max(0, max(marks["prefill_peak"], decode_peak) - base) / 2**20,
+        # RSS counters are batched per CPU by the kernel: differences below ~0.5 MiB are noise
+        "decode_peak_delta_mib": max(0, decode_peak - marks["decode_base"]) / 2**20,
+        "file_pages_loaded_mib": (_proc_status_kib("RssFile") - file_before) / 2**10,
         "kv_cache_mib": run.kv_cache_bytes / 2**20,
         "new_tokens": cfg.memory.max_new_tokens,
     }
@@ -579,7 +600,15 @@ def measure_memory(
 ) -> dict[str, dict[str, float]]:
     """Run ``memory_probe`` for each variant in its own fresh Python process, ``parallel`` at a time
     (each process's RSS is its own, so running side by side changes nothing but the wall time)."""
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(REPO),
+        # A fixed threshold (no dynamic raising) makes glibc return every freed block of 64 KiB or more,
+        # so RSS follows the live tensors instead of the allocator's high-water mark.
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+        "MALLOC_TRIM_THRESHOLD_": "0",
+    }
     results: dict[str, dict[str, float]] = {}
     pending = list(variants)
     running: dict[str, subprocess.Popen] = {}
@@ -677,7 +706,7 @@ def profile_decode(model, cfg: BenchConfig, inputs: Mapping[str, Tensor], out_di
     report: dict[str, Any] = {}
     for name in cfg.profile_variants:
         variant = parse_variant(name, cfg.lite_keep_ratio)
-        prof = profile(activities=activities)
+        prof = profile(activities=activities, record_shapes=True)
         with _labelled_forwards(model):
             run = run_variant(
                 model,
@@ -706,15 +735,47 @@ def profile_decode(model, cfg: BenchConfig, inputs: Mapping[str, Tensor], out_di
             averages.table(sort_by="self_cpu_time_total", row_limit=40)
         )
         steps = cfg.profile_tokens - 1
+        inside_optimize = _self_times_under(prof.events(), "loop.optimize")
+        n_opt = max(1, run.optimisation_steps)
         report[name] = {
             "decode_ms_per_token": run.per_token_s * 1e3,
+            "optimisation_steps": run.optimisation_steps,
+            "optimize_ms_per_step": {
+                k: v / 1e3 / n_opt for k, v in inside_optimize.most_common(8) if run.optimisation_steps
+            },
             "parts_ms_per_token": {
                 k: v / 1e3 / steps for k, v in sorted(parts.items(), key=lambda kv: -kv[1])
             },
             "parts_share": {k: v / decode_us for k, v in parts.items()},
             "top_aten_self_ms_per_token": {e.key: e.self_cpu_time_total / 1e3 / steps for e in ops[:12]},
+            "aten_self_ms_per_token": {e.key: e.self_cpu_time_total / 1e3 / steps for e in ops},
         }
+    first = cfg.profile_variants[0]
+    for name in cfg.profile_variants[1:]:
+        ours, theirs = report[name]["aten_self_ms_per_token"], report[first]["aten_self_ms_per_token"]
+        delta = {op: ours.get(op, 0.0) - theirs.get(op, 0.0) for op in {*ours, *theirs}}
+        report[name][f"aten_delta_vs_{first}_ms_per_token"] = dict(
+            sorted(delta.items(), key=lambda kv: -kv[1])[:8]
+        )
     return report
+
+
+def _self_times_under(events, label: str) -> Counter:
+    """Self CPU time (us) of everything nested in the ranges whose name starts with ``label``, by op
+    (matrix products keyed with their shapes, so the LM head's is told apart)."""
+    totals: Counter = Counter()
+
+    def walk(event) -> None:
+        for child in event.cpu_children:
+            shapes = f" {child.input_shapes}" if child.name in ("aten::mm", "aten::addmm") else ""
+            totals[child.name + shapes] += child.self_cpu_time_total
+            walk(child)
+
+    for event in events:
+        if event.name.startswith(label):
+            totals["python between ops (" + label + ")"] += event.self_cpu_time_total
+            walk(event)
+    return totals
 
 
 # --------------------------------------------------------------------------------------------------
@@ -816,12 +877,15 @@ def bench_setting(
 
     base = _median([r.per_token_s for r in runs["generate"]])
     robust_base = _median([r.robust_per_token_s for r in runs["generate"]])
+    cpu_base = _median([r.cpu_per_token_s for r in runs["generate"]])
     rows: dict[str, Any] = {}
     for variant in variants:
         own = runs[variant.name]
         per_token = _median([r.per_token_s for r in own])
         robust = _median([r.robust_per_token_s for r in own])
+        cpu = _median([r.cpu_per_token_s for r in own])
         opt_steps = [r.opt_step_s for r in own if r.opt_step_s is not None]
+        plain_steps = [r.plain_step_s for r in own if r.plain_step_s is not None]
         row = {
             "label": variant.label,
             "per_token_ms": per_token * 1e3,
@@ -832,10 +896,14 @@ def bench_setting(
             ],
             "robust_per_token_ms": robust * 1e3,
             "robust_ratio_vs_generate": robust / robust_base,
-            "other_load": _median([r.other_load for r in own if r.other_load is not None]),
+            "cpu_per_token_ms": cpu * 1e3,
+            "cpu_ratio_vs_generate": cpu / cpu_base,
+            "other_load": _median(loads)
+            if (loads := [r.other_load for r in own if r.other_load is not None])
+            else None,
             "prefill_s": _median([r.prefill_s for r in own]),
             "setup_ms": _median([r.setup_s for r in own]) * 1e3,
-            "plain_step_ms": _median([r.plain_step_s for r in own]) * 1e3,
+            "plain_step_ms": _median(plain_steps) * 1e3 if plain_steps else None,
             "opt_step_ms": _median(opt_steps) * 1e3 if opt_steps else None,
             "optimisation_steps": own[0].optimisation_steps,
             "faults": sum(r.faults for r in own),
@@ -875,9 +943,13 @@ def evaluate_targets(cfg: BenchConfig, result: dict[str, Any]) -> list[dict[str,
         row = rows.get(target.variant)
         if row is None:
             continue
-        robust = None
+        robust = cpu = None
         if target.metric == "per_token_ratio":
-            value, robust = row["ratio_vs_generate"], row["robust_ratio_vs_generate"]
+            value, robust, cpu = (
+                row["ratio_vs_generate"],
+                row["robust_ratio_vs_generate"],
+                row["cpu_ratio_vs_generate"],
+            )
         elif target.metric == "kv_cache_ratio":
             value = row["kv_cache_mib"] / reference["kv_cache_mib"]
         elif target.metric == "peak_memory_ratio":
@@ -894,6 +966,7 @@ def evaluate_targets(cfg: BenchConfig, result: dict[str, Any]) -> list[dict[str,
                 **asdict(target),
                 "value": value,
                 "robust_value": robust,
+                "cpu_value": cpu,
                 "met": met,
                 "margin": value - target.limit,
             }
@@ -937,27 +1010,41 @@ def markdown(report: dict[str, Any]) -> str:
             "ms/token: decode time per token (prefill excluded), median over repeats; x gen: ratio of medians "
             "to generate's; paired: range of the per-repeat ratios. robust: per-token time rebuilt from the "
             "median plain and median optimisation step of each run (insensitive to bursts of load from other "
-            "processes). tok/s: decode tokens per second at each batch size. Memory: peak growth over the whole "
-            "run / over decoding alone; KV: the cache's size at the end of the run. load: share of the machine "
-            "other processes used during the runs (median).",
+            "processes). cpu: process CPU time per token (with one intra-op thread, immune to other processes "
+            "taking the core). load: share of the machine other processes used during the runs (median).",
             "",
-            "| variant | ms/token | x gen | paired | robust ms/token | robust x gen | prefill s | setup ms "
-            "| plain / opt step ms | opt steps | "
-            + " | ".join(f"tok/s b={b}" for b in batches)
-            + " | peak MiB | decode peak MiB | KV MiB | load |",
-            "|---" * (14 + len(batches)) + "|",
+            "| variant | ms/token | x gen | paired | robust ms/token | robust x gen | cpu ms/token | cpu x gen "
+            "| plain / opt step ms | opt steps | prefill s | setup ms | load |",
+            "|---" * 13 + "|",
         ]
         for name_, row in result["variants"].items():
-            memory = row["memory"] or {}
             paired = row["paired_ratios"]
             lines.append(
                 f"| {name_} ({row['label']}) | {_fmt(row['per_token_ms'])} | {_fmt(row['ratio_vs_generate'], 3)} | "
                 f"{min(paired):.3f}–{max(paired):.3f} | {_fmt(row['robust_per_token_ms'])} | "
-                f"{_fmt(row['robust_ratio_vs_generate'], 3)} | {_fmt(row['prefill_s'])} | {_fmt(row['setup_ms'], 1)} | "
-                f"{_fmt(row['plain_step_ms'])} / {_fmt(row['opt_step_ms'])} | {row['optimisation_steps']} | "
+                f"{_fmt(row['robust_ratio_vs_generate'], 3)} | {_fmt(row['cpu_per_token_ms'])} | "
+                f"{_fmt(row['cpu_ratio_vs_generate'], 3)} | {_fmt(row['plain_step_ms'])} / {_fmt(row['opt_step_ms'])} | "
+                f"{row['optimisation_steps']} | {_fmt(row['prefill_s'])} | {_fmt(row['setup_ms'], 1)} | "
+                f"{_fmt(row['other_load'])} |"
+            )
+        lines += [
+            "",
+            "tok/s: decode tokens per second (all samples) at each batch size. Memory: peak growth over the "
+            "whole run / over decoding alone (CPU: RSS in a fresh process per variant; CUDA: allocated); KV: "
+            "the cache's size at the end of the run.",
+            "",
+            "| variant | "
+            + " | ".join(f"tok/s b={b}" for b in batches)
+            + " | peak MiB | decode peak MiB | KV MiB |",
+            "|---" * (4 + len(batches)) + "|",
+        ]
+        for name_, row in result["variants"].items():
+            memory = row["memory"] or {}
+            lines.append(
+                f"| {name_} | "
                 + " | ".join(_fmt(row["tokens_per_s"].get(str(b)), 1) for b in batches)
                 + f" | {_fmt(memory.get('peak_delta_mib'), 1)} | {_fmt(memory.get('decode_peak_delta_mib'), 1)} | "
-                f"{_fmt(row['kv_cache_mib'], 2)} | {_fmt(row['other_load'])} |"
+                f"{_fmt(row['kv_cache_mib'], 2)} |"
             )
         if "loop_off_tokens_match_generate" in result:
             lines += [
@@ -965,11 +1052,16 @@ def markdown(report: dict[str, Any]) -> str:
                 f"Controller-off tokens identical to generate: {result['loop_off_tokens_match_generate']}.",
             ]
         if result.get("targets"):
-            lines += ["", "| target | value | robust value | limit | met |", "|---|---|---|---|---|"]
+            lines += [
+                "",
+                "| target | value | robust value | cpu value | limit | met (value) |",
+                "|---|---|---|---|---|---|",
+            ]
             for t in result["targets"]:
                 sign = "<" if t["strict"] else "<="
                 lines.append(
                     f"| {t['variant']} {t['metric']} | {t['value']:.3f} | {_fmt(t.get('robust_value'), 3)} | "
+                    f"{_fmt(t.get('cpu_value'), 3)} | "
                     f"{sign} {t['limit']:g} | {'yes' if t['met'] else 'no, by ' + format(t['margin'], '+.3f')} |"
                 )
         for variant, prof in (result.get("profile") or {}).items():
@@ -985,6 +1077,26 @@ def markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {part} | {ms:.2f} | {100 * prof['parts_share'][part]:.1f}% |")
             lines += ["", "| aten op (self time) | ms/token |", "|---|---|"]
             lines += [f"| {op} | {ms:.2f} |" for op, ms in prof["top_aten_self_ms_per_token"].items()]
+            for key, values in prof.items():
+                if key.startswith("aten_delta_vs_"):
+                    lines += [
+                        "",
+                        f"| op: self time added over `{key[len('aten_delta_vs_') : -len('_ms_per_token')]}` "
+                        "| ms/token |",
+                        "|---|---|",
+                    ]
+                    lines += [f"| {op} | {ms:+.2f} |" for op, ms in values.items()]
+            if prof["optimize_ms_per_step"]:
+                total = sum(prof["optimize_ms_per_step"].values())
+                lines += [
+                    "",
+                    "| inside one optimisation step (self time) | ms/step | share |",
+                    "|---|---|---|",
+                ]
+                lines += [
+                    f"| {op} | {ms:.2f} | {100 * ms / total:.1f}% |"
+                    for op, ms in prof["optimize_ms_per_step"].items()
+                ]
         lines.append("")
     return "\n".join(lines)
 

@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.overhead import load_config, main, measure_memory, run_benchmark
+from bench.overhead import (
+    VideoSetting,
+    load_config,
+    main,
+    make_inputs,
+    measure_memory,
+    parse_variant,
+    random_qwen2_5_vl,
+    run_benchmark,
+    run_variant,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bench" / "configs"
 TINY = CONFIGS / "tiny.yaml"
@@ -43,14 +53,17 @@ def test_numbers_are_positive_and_finite(bench_run):
     _, report, _ = bench_run
     (setting,) = report["settings"]
     for name, row in setting["variants"].items():
-        for key in ("per_token_ms", "ratio_vs_generate", "robust_per_token_ms", "prefill_s", "plain_step_ms"):
+        for key in ("per_token_ms", "ratio_vs_generate", "robust_per_token_ms", "prefill_s", "setup_ms"):
             assert positive_finite(row[key]), (name, key, row[key])
         assert all(positive_finite(x) for x in row["paired_ratios"] + row["per_token_ms_runs"]), name
         assert positive_finite(row["kv_cache_mib"]), name
         assert set(row["tokens_per_s"]) == {"1", "2"}, name
         assert all(positive_finite(x) for x in row["tokens_per_s"].values()), name
+        decode_steps = setting["max_new_tokens"] - 1
         if row["optimisation_steps"]:
             assert positive_finite(row["opt_step_ms"]), name
+        if row["optimisation_steps"] < decode_steps:
+            assert positive_finite(row["plain_step_ms"]), name
 
 
 def test_each_k_optimises_its_share_of_the_decode_steps(bench_run):
@@ -90,6 +103,28 @@ def test_memory_probe_runs_in_a_fresh_process():
     assert positive_finite(probe["peak_delta_mib"])
     assert probe["decode_peak_delta_mib"] >= 0
     assert positive_finite(probe["kv_cache_mib"])
+
+
+def test_random_builder_makes_the_configured_architecture():
+    """The builder behind proxy.yaml and qwen2.5-vl-7b-arch.yaml, at toy size but with the real vocabulary."""
+    text = dict(
+        vocab_size=151936,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        mrope_section=[4, 2, 2],  # head_dim 16
+    )
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
+    model, tokenizer = random_qwen2_5_vl(text, vision, seed=0, dtype=torch.float32, device="cpu")
+    assert model.config.text_config.vocab_size == 151936
+    assert model.lm_head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()  # untied
+    cfg = load_config(TINY)
+    inputs = make_inputs(cfg, tokenizer, VideoSetting(frames=4, height=56, width=56), batch=1)
+    assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == 2 * 2 * 2  # t x h x w
+    run = run_variant(model, parse_variant("full_k1", 0.5), inputs, 3, "video")
+    assert run.optimisation_steps == 2 and run.kv_cache_bytes > 0
 
 
 def test_every_config_validates_without_building():

@@ -248,8 +248,9 @@ def micro_cycles(ema: Sequence[float], prominence: float) -> MicroCycles:
 
 def alpha_from_ema(ema: Sequence[float]) -> np.ndarray:
     """α_t of Eq. 4 recomputed from an EMA curve: +1 where the EMA is at its running peak
-    (H_t^ema ≥ max of the EMA so far), -1 below it. Lets a run without optimisation (a baseline,
-    whose recorded α is 0) be read the way V-Reason would have read it."""
+    (H_t^ema ≥ max of the EMA so far), -1 below it. The engine already records, at every token, the α
+    the run's objective gives (a baseline records what the switching rule would have used), so this
+    is for traces from elsewhere, or to check a recorded α against Eq. 4."""
     values = np.asarray(ema, dtype=float)
     if values.size == 0:
         return np.zeros(0, dtype=int)
@@ -281,8 +282,9 @@ def alpha_before_peak(
     "Before the peak" is the steps strictly before ``ema_peak``'s index (the peak step itself has
     α = +1 by Eq. 4 and is not counted). With ``only_optimized`` only steps that ran an optimisation
     step count (the α that acted on the controller); otherwise every step. ``source="recorded"`` reads
-    the trace's α (0, i.e. no objective, is not counted); ``"ema"`` recomputes α from the EMA
-    (``alpha_from_ema``), e.g. for a baseline with ``only_optimized=False``.
+    the trace's α (recorded at every token, optimised or not; α = 0 from the thresholded objective is
+    not counted), so a baseline is read with ``only_optimized=False``; ``"ema"`` recomputes α from the
+    EMA (``alpha_from_ema``).
     """
     if source not in ("recorded", "ema"):
         raise ValueError(f"source must be 'recorded' or 'ema', got {source!r}")
