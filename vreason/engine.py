@@ -189,61 +189,67 @@ class Decoder:
         attention_mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
         prefill_seconds = time.perf_counter() - start
 
-        if controller is not None or method.pruner is not None:
-            attention_mask = self._prepare_cache(inputs, cache, attention_mask)
-        cached_prompt_tokens = attention_mask.sum(dim=1).tolist()
-        optimizers = self._optimizers() if controller is not None else []
+        try:  # the controller is per batch: let it go whatever happens
+            if controller is not None or method.pruner is not None:
+                attention_mask = self._prepare_cache(inputs, cache, attention_mask)
+            cached_prompt_tokens = attention_mask.sum(dim=1).tolist()
+            optimizers = self._optimizers() if controller is not None else []
 
-        state = schedule.initial_state(batch, self.device)
-        generators = sample_generators(seed, keys, self.device)
-        sequences = inputs["input_ids"]
-        next_position = position_ids[..., -1:] + 1
-        active = torch.ones(batch, dtype=torch.bool, device=self.device)
-        norms = torch.zeros(batch)
-        step, optimizing = 0, False
-        self._snapshots = {}
-        while True:
-            finite = torch.isfinite(logits.detach()).all(dim=-1)
-            faults = self._contain_non_finite(finite, active, optimizers)
-            # Entropy with grad on optimisation steps; sampling from the detached logits (Algorithm 1).
-            with torch.set_grad_enabled(optimizing):
-                entropy = torch.where(finite, entropy_of(logits.nan_to_num()), float("nan"))
-                peak = schedule.update(state, entropy, optimizing, valid=finite)
-                loss, alpha = method.objective(entropy, state.ema, peak)
-            scores = self.processor(
-                sequences, logits.detach().float().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
-            )
-            token = next_tokens(scores, self.sampling, generators)
-            token = torch.where(active, token, self.pad_token_id)
-            if optimizing:
-                faults = {**self._optimize(loss, alpha, active & finite, optimizers), **faults}
-            if controller is not None and (optimizing or faults):
-                norms = controller.norms().cpu()
-            self._record(traces, active, token, entropy, state.ema, alpha, optimizing, norms, faults, step)
-
-            sequences = torch.cat([sequences, token[:, None]], dim=-1)
-            finished = self._finished(sequences, token, traces, active, step)
-            active = active & ~finished
-            step += 1
-            if not bool(active.any()) or step >= self.sampling.max_new_tokens:
-                break
-
-            # Decode forward `step` (Algorithm 1 line 21): one forward per generated token.
-            optimizing = controller is not None and schedule.is_optimization_step(step)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
-            with torch.set_grad_enabled(optimizing), self._applied():
-                out = self.model(
-                    input_ids=token[:, None],
-                    attention_mask=attention_mask,
-                    position_ids=next_position,
-                    past_key_values=cache,
-                    use_cache=True,
+            state = schedule.initial_state(batch, self.device)
+            generators = sample_generators(seed, keys, self.device)
+            sequences = inputs["input_ids"]
+            next_position = position_ids[..., -1:] + 1
+            active = torch.ones(batch, dtype=torch.bool, device=self.device)
+            norms = torch.zeros(batch)
+            step, optimizing = 0, False
+            self._snapshots = {}
+            while True:
+                finite = torch.isfinite(logits.detach()).all(dim=-1)
+                faults = self._contain_non_finite(finite, active, optimizers)
+                # Entropy with grad on optimisation steps; sampling from the detached logits (Algorithm 1).
+                with torch.set_grad_enabled(optimizing):
+                    entropy = torch.where(finite, entropy_of(logits.nan_to_num()), float("nan"))
+                    peak = schedule.update(state, entropy, optimizing, valid=finite)
+                    loss, alpha = method.objective(entropy, state.ema, peak)
+                scores = self.processor(
+                    sequences, logits.detach().float().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
                 )
-                logits = out.logits[:, -1]  # sliced inside grad mode: a view made under no_grad is cut off
-            next_position = next_position + 1
+                token = next_tokens(scores, self.sampling, generators)
+                token = torch.where(active, token, self.pad_token_id)
+                if optimizing:
+                    faults = {**self._optimize(loss, alpha, active & finite, optimizers), **faults}
+                if controller is not None and (optimizing or faults):
+                    norms = controller.norms().cpu()
+                self._record(
+                    traces, active, token, entropy, state.ema, alpha, optimizing, norms, faults, step
+                )
 
-        if controller is not None:
-            controller.detach()
+                sequences = torch.cat([sequences, token[:, None]], dim=-1)
+                finished = self._finished(sequences, token, traces, active, step)
+                active = active & ~finished
+                step += 1
+                if not bool(active.any()) or step >= self.sampling.max_new_tokens:
+                    break
+
+                # Decode forward `step` (Algorithm 1 line 21): one forward per generated token.
+                optimizing = controller is not None and schedule.is_optimization_step(step)
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
+                with torch.set_grad_enabled(optimizing), self._applied():
+                    out = self.model(
+                        input_ids=token[:, None],
+                        attention_mask=attention_mask,
+                        position_ids=next_position,
+                        past_key_values=cache,
+                        use_cache=True,
+                    )
+                    logits = out.logits[
+                        :, -1
+                    ]  # sliced inside grad mode: a view made under no_grad is cut off
+                next_position = next_position + 1
+
+        finally:
+            if controller is not None:
+                controller.detach()
         self._finish(traces, inputs, cached_prompt_tokens, start, prefill_seconds)
         return traces
 
