@@ -167,7 +167,8 @@ def tiny_processor(
     tokenizer = tokenizer or byte_level_tokenizer()
     pixels = dict(min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28)
     image_processor = Qwen2VLImageProcessor(**pixels)
-    video_processor = Qwen2VLVideoProcessor(**{**pixels, **video_kwargs})
+    # frames arrive already sampled and sized by qwen-vl-utils; the processor must not cap them again
+    video_processor = Qwen2VLVideoProcessor(**{**pixels, "cap_pixels_per_frame": False, **video_kwargs})
     return Qwen2_5_VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
