@@ -15,11 +15,22 @@ controller attach) and decode (start of the second forward to the end of the cal
 decode time over the ``max_new_tokens - 1`` decode forwards; choose ``max_new_tokens - 1`` divisible by
 every k, so each k optimises exactly 1/k of the steps.
 
+Besides the median wall time per token, each variant gets two estimates that a shared machine
+disturbs less: per-token time rebuilt from the median plain and median optimisation step of each run,
+and process CPU time (with one intra-op thread, time the core was taken away does not count). On CPU,
+``quiet`` waits before each run until other processes leave the cores, and every run records how much
+of the machine they used.
+
 Memory: on CPU the peak RSS growth of a run, measured in a fresh subprocess per variant (a peak already
-reached by one variant would hide the next one's); on CUDA ``torch.cuda.max_memory_allocated`` around
-each run. The KV cache's size at the end of the run is read from the cache object itself.
+reached by one variant would hide the next one's) after one warm-up run, with glibc returning freed
+blocks; on CUDA ``torch.cuda.max_memory_allocated`` around each run. The KV cache's size at the end of
+the run is read from the cache object itself.
+
+``--profile`` runs ``profile_variants`` once more under torch.profiler (decode only) and splits the time
+into the model's forwards, the optimisation step (with the ops inside it), the controller and the loop.
 
     python -m bench.overhead --config bench/configs/proxy.yaml [--repeats N] [--out DIR] [--profile]
+        [--no-memory] [key=value ...]
 """
 
 from __future__ import annotations
@@ -98,6 +109,20 @@ class MemorySpec:
 
 
 @dataclass
+class QuietSpec:
+    """Before each timed run on CPU, wait (at most ``max_wait_s``) until other processes use at most
+    ``max_other_cores`` cores over ``window_s``: on a shared machine a neighbour's burst otherwise lands
+    on whichever variant happens to be running."""
+
+    max_other_cores: float = 0.3
+    window_s: float = 1.0
+    max_wait_s: float = 0.0  # 0: never wait
+
+
+TARGET_METRICS = ("per_token_ratio", "kv_cache_ratio", "peak_memory_ratio")
+
+
+@dataclass
 class Target:
     """A number to report against (never asserted). metric: per_token_ratio | kv_cache_ratio |
     peak_memory_ratio, each relative to ``generate``."""
@@ -133,6 +158,7 @@ class BenchConfig:
     threads: int | None = None  # None: all cores
     throughput: ThroughputSpec = field(default_factory=ThroughputSpec)
     memory: MemorySpec = field(default_factory=MemorySpec)
+    quiet: QuietSpec = field(default_factory=QuietSpec)
     profile_variants: list[str] = field(default_factory=lambda: ["loop_off", "full_k4"])
     profile_tokens: int = 33
     targets: list[Target] = field(default_factory=list)
@@ -151,6 +177,19 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> BenchCo
         parse_variant(name, cfg.lite_keep_ratio)
     if "generate" not in cfg.variants:
         raise SystemExit(f"bench: {path}: variants must include 'generate' (ratios are taken against it)")
+    for target in cfg.targets:
+        if target.metric not in TARGET_METRICS:
+            raise SystemExit(
+                f"bench: {path}: target metric {target.metric!r}; known: {', '.join(TARGET_METRICS)}"
+            )
+    text = cfg.model.text
+    if cfg.model.kind == "random_qwen2_5_vl" and {"hidden_size", "num_attention_heads"} <= set(text):
+        head_dim = text.get("head_dim", text["hidden_size"] // text["num_attention_heads"])
+        if sum(text.get("mrope_section", [])) * 2 != head_dim:
+            raise SystemExit(
+                f"bench: {path}: model.text.mrope_section {list(text.get('mrope_section', []))} must sum to "
+                f"head_dim / 2 = {head_dim // 2}"
+            )
     return cfg
 
 
@@ -369,8 +408,8 @@ class ForwardClock:
         self.device = model.get_output_embeddings().weight.device
         self.starts: list[float] = []
         self.cpu_starts: list[float] = []  # process CPU time: what the run computed, not how long it waited
+        self.ends: list[float] = []
         self.grad: list[bool] = []
-        self.prefill_end = 0.0
         self.cache = None
 
     def __enter__(self) -> ForwardClock:
@@ -395,9 +434,12 @@ class ForwardClock:
             self.on_decode_start()
 
     def _post(self, module, args, output) -> None:
-        if len(self.starts) == 1:
-            _sync(self.device)
-            self.prefill_end = time.perf_counter()
+        _sync(self.device)
+        self.ends.append(time.perf_counter())
+
+    @property
+    def prefill_end(self) -> float:
+        return self.ends[0]
 
     def kv_cache_bytes(self) -> int:
         layers = getattr(self.cache, "layers", [])
@@ -417,6 +459,8 @@ class Run:
     decode_cpu_s: float  # process CPU time over the same span (with one intra-op thread: immune to
     # other processes taking the core, not to their use of memory bandwidth)
     plain_step_s: float | None  # median interval between decode-forward starts, forward without autograd
+    plain_gap_s: float | None  # median time from the end of such a forward to the next one's start: the
+    # decode loop's own work per token (sampling, bookkeeping), without the model
     opt_step_s: float | None  # the same for optimisation steps (forward with autograd + backward + AdamW)
     optimisation_steps: int  # per sample
     faults: int
@@ -516,6 +560,8 @@ def run_variant(
             f"expected {new_tokens} (did a sample stop early?)"
         )
     steps = [b - a for a, b in zip(clock.starts[1:], [*clock.starts[2:], end], strict=True)]
+    gaps = [b - a for a, b in zip(clock.ends[1:], [*clock.starts[2:], end], strict=True)]
+    plain_gaps = [g for g, grad in zip(gaps, clock.grad[1:], strict=True) if not grad]
     plain = [s for s, grad in zip(steps, clock.grad[1:], strict=True) if not grad]
     opt = [s for s, grad in zip(steps, clock.grad[1:], strict=True) if grad]
     run = Run(
@@ -527,6 +573,7 @@ def run_variant(
         decode_s=end - clock.starts[1],
         decode_cpu_s=cpu_end - clock.cpu_starts[1],
         plain_step_s=statistics.median(plain) if plain else None,
+        plain_gap_s=statistics.median(plain_gaps) if plain_gaps else None,
         opt_step_s=statistics.median(opt) if opt else None,
         optimisation_steps=max(optimised),
         faults=faults,
@@ -748,15 +795,7 @@ def profile_decode(model, cfg: BenchConfig, inputs: Mapping[str, Tensor], out_di
             },
             "parts_share": {k: v / decode_us for k, v in parts.items()},
             "top_aten_self_ms_per_token": {e.key: e.self_cpu_time_total / 1e3 / steps for e in ops[:12]},
-            "aten_self_ms_per_token": {e.key: e.self_cpu_time_total / 1e3 / steps for e in ops},
         }
-    first = cfg.profile_variants[0]
-    for name in cfg.profile_variants[1:]:
-        ours, theirs = report[name]["aten_self_ms_per_token"], report[first]["aten_self_ms_per_token"]
-        delta = {op: ours.get(op, 0.0) - theirs.get(op, 0.0) for op in {*ours, *theirs}}
-        report[name][f"aten_delta_vs_{first}_ms_per_token"] = dict(
-            sorted(delta.items(), key=lambda kv: -kv[1])[:8]
-        )
     return report
 
 
@@ -820,6 +859,21 @@ def machine_description(device: str) -> dict[str, Any]:
     return info
 
 
+def wait_for_quiet(spec: QuietSpec) -> float:
+    """Seconds waited until other processes used at most ``spec.max_other_cores`` over one window."""
+    if spec.max_wait_s <= 0 or not Path("/proc/stat").is_file():
+        return 0.0
+    start = time.perf_counter()
+    while True:
+        load = ForeignLoad()
+        time.sleep(spec.window_s)
+        summary = load.summary()
+        if summary["other_processes_core_s"] / summary["wall_s"] <= spec.max_other_cores:
+            return time.perf_counter() - start
+        if time.perf_counter() - start >= spec.max_wait_s:
+            return time.perf_counter() - start
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
@@ -836,9 +890,19 @@ def _interleaved(
     return runs
 
 
+MemoryProbes = Callable[[list[str], str], dict[str, dict[str, Any]]]  # (variants, setting) -> per variant
+
+
 def bench_setting(
-    model, tokenizer, cfg: BenchConfig, setting: VideoSetting | None, memory: bool, log: Callable[[str], None]
+    model,
+    tokenizer,
+    cfg: BenchConfig,
+    setting: VideoSetting | None,
+    memory: MemoryProbes | None,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
+    """Timed runs (interleaved), throughput at each batch size, memory and the targets' inputs for one
+    prompt setting."""
     variants = [parse_variant(n, cfg.lite_keep_ratio) for n in cfg.variants]
     label = setting_name(setting)
     inputs = make_inputs(cfg, tokenizer, setting, 1)
@@ -854,11 +918,15 @@ def bench_setting(
     for name in ("generate", "full_k1"):
         run_variant(model, parse_variant(name, cfg.lite_keep_ratio), inputs, cfg.warmup_tokens, cfg.positions)
 
+    cuda = model.get_output_embeddings().weight.device.type == "cuda"
+
     def timed(variant: Variant, batch_inputs=inputs, tokens=cfg.max_new_tokens) -> Run:
+        waited = 0.0 if cuda else wait_for_quiet(cfg.quiet)
         run = run_variant(model, variant, batch_inputs, tokens, cfg.positions, seed=cfg.model.seed)
         log(
             f"[{label}] b={run.batch} {variant.name:9s} {run.per_token_s * 1e3:8.2f} ms/token  "
-            f"prefill {run.prefill_s:6.2f} s  opt steps {run.optimisation_steps}"
+            f"prefill {run.prefill_s:6.2f} s  opt steps {run.optimisation_steps}  "
+            f"other load {run.other_load or 0:.2f} (waited {waited:.0f} s)"
         )
         return run
 
@@ -886,6 +954,8 @@ def bench_setting(
         cpu = _median([r.cpu_per_token_s for r in own])
         opt_steps = [r.opt_step_s for r in own if r.opt_step_s is not None]
         plain_steps = [r.plain_step_s for r in own if r.plain_step_s is not None]
+        plain_gaps = [r.plain_gap_s for r in own if r.plain_gap_s is not None]
+        own_plain = [r.robust_per_token_s / r.plain_step_s for r in own if r.plain_step_s is not None]
         row = {
             "label": variant.label,
             "per_token_ms": per_token * 1e3,
@@ -896,6 +966,9 @@ def bench_setting(
             ],
             "robust_per_token_ms": robust * 1e3,
             "robust_ratio_vs_generate": robust / robust_base,
+            # per-token time over this run's own plain steps: the price of optimising, measured within
+            # each run (both sampled under the same load), median over repeats
+            "ratio_vs_own_plain_step": _median(own_plain) if own_plain else None,
             "cpu_per_token_ms": cpu * 1e3,
             "cpu_ratio_vs_generate": cpu / cpu_base,
             "other_load": _median(loads)
@@ -904,6 +977,7 @@ def bench_setting(
             "prefill_s": _median([r.prefill_s for r in own]),
             "setup_ms": _median([r.setup_s for r in own]) * 1e3,
             "plain_step_ms": _median(plain_steps) * 1e3 if plain_steps else None,
+            "loop_gap_ms": _median(plain_gaps) * 1e3 if plain_gaps else None,
             "opt_step_ms": _median(opt_steps) * 1e3 if opt_steps else None,
             "optimisation_steps": own[0].optimisation_steps,
             "faults": sum(r.faults for r in own),
@@ -952,14 +1026,10 @@ def evaluate_targets(cfg: BenchConfig, result: dict[str, Any]) -> list[dict[str,
             )
         elif target.metric == "kv_cache_ratio":
             value = row["kv_cache_mib"] / reference["kv_cache_mib"]
-        elif target.metric == "peak_memory_ratio":
-            if row["memory"] is None:
+        else:  # peak_memory_ratio (names are checked by load_config)
+            if row["memory"] is None or not reference["memory"]["peak_delta_mib"]:
                 continue
             value = row["memory"]["peak_delta_mib"] / reference["memory"]["peak_delta_mib"]
-        else:
-            raise SystemExit(
-                f"bench: target metric {target.metric!r}; known: per_token_ratio, kv_cache_ratio, peak_memory_ratio"
-            )
         met = value < target.limit if target.strict else value <= target.limit
         out.append(
             {
@@ -1011,11 +1081,14 @@ def markdown(report: dict[str, Any]) -> str:
             "to generate's; paired: range of the per-repeat ratios. robust: per-token time rebuilt from the "
             "median plain and median optimisation step of each run (insensitive to bursts of load from other "
             "processes). cpu: process CPU time per token (with one intra-op thread, immune to other processes "
-            "taking the core). load: share of the machine other processes used during the runs (median).",
+            "taking the core). x own plain: robust per-token time over the same run's median plain step (the "
+            "price of optimising, measured within each run). loop gap: median time from the end of a plain "
+            "decode forward to the start of the next (the loop's own work per token: sampling, bookkeeping). "
+            "load: share of the machine other processes used during the runs (median).",
             "",
             "| variant | ms/token | x gen | paired | robust ms/token | robust x gen | cpu ms/token | cpu x gen "
-            "| plain / opt step ms | opt steps | prefill s | setup ms | load |",
-            "|---" * 13 + "|",
+            "| plain / opt step ms | x own plain | loop gap ms | opt steps | prefill s | setup ms | load |",
+            "|---" * 15 + "|",
         ]
         for name_, row in result["variants"].items():
             paired = row["paired_ratios"]
@@ -1024,6 +1097,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{min(paired):.3f}–{max(paired):.3f} | {_fmt(row['robust_per_token_ms'])} | "
                 f"{_fmt(row['robust_ratio_vs_generate'], 3)} | {_fmt(row['cpu_per_token_ms'])} | "
                 f"{_fmt(row['cpu_ratio_vs_generate'], 3)} | {_fmt(row['plain_step_ms'])} / {_fmt(row['opt_step_ms'])} | "
+                f"{_fmt(row['ratio_vs_own_plain_step'], 3)} | {_fmt(row['loop_gap_ms'])} | "
                 f"{row['optimisation_steps']} | {_fmt(row['prefill_s'])} | {_fmt(row['setup_ms'], 1)} | "
                 f"{_fmt(row['other_load'])} |"
             )
@@ -1077,15 +1151,6 @@ def markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {part} | {ms:.2f} | {100 * prof['parts_share'][part]:.1f}% |")
             lines += ["", "| aten op (self time) | ms/token |", "|---|---|"]
             lines += [f"| {op} | {ms:.2f} |" for op, ms in prof["top_aten_self_ms_per_token"].items()]
-            for key, values in prof.items():
-                if key.startswith("aten_delta_vs_"):
-                    lines += [
-                        "",
-                        f"| op: self time added over `{key[len('aten_delta_vs_') : -len('_ms_per_token')]}` "
-                        "| ms/token |",
-                        "|---|---|",
-                    ]
-                    lines += [f"| {op} | {ms:+.2f} |" for op, ms in values.items()]
             if prof["optimize_ms_per_step"]:
                 total = sum(prof["optimize_ms_per_step"].values())
                 lines += [

@@ -31,7 +31,7 @@ VARIANTS = ["generate", "loop_off", "full_k1", "full_k2", "full_k4", "full_k8", 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    run_benchmark(TINY, [], out, "pytest", memory=False, log=lambda line: None)
+    run_benchmark(TINY, [], out, "pytest", memory=False, profile=True, log=lambda line: None)
     return out, json.loads((out / "tiny.json").read_text()), (out / "tiny.md").read_text()
 
 
@@ -64,6 +64,7 @@ def test_numbers_are_positive_and_finite(bench_run):
             assert positive_finite(row["opt_step_ms"]), name
         if row["optimisation_steps"] < decode_steps:
             assert positive_finite(row["plain_step_ms"]), name
+            assert positive_finite(row["loop_gap_ms"]), name
 
 
 def test_each_k_optimises_its_share_of_the_decode_steps(bench_run):
@@ -93,6 +94,18 @@ def test_lite_keeps_a_smaller_kv_cache(bench_run):
     _, report, _ = bench_run
     rows = report["settings"][0]["variants"]
     assert rows["lite_k4"]["kv_cache_mib"] < rows["generate"]["kv_cache_mib"]
+
+
+def test_profile_splits_decode_time_into_forward_optimisation_and_loop(bench_run):
+    out, report, md = bench_run
+    profile = report["settings"][0]["profile"]
+    assert set(profile) == {"loop_off", "full_k4"}
+    assert "loop.optimize (backward + clip + AdamW)" in profile["full_k4"]["parts_ms_per_token"]
+    assert profile["full_k4"]["optimize_ms_per_step"]
+    assert not profile["loop_off"]["optimize_ms_per_step"]
+    assert all(math.isfinite(v) and v >= 0 for v in profile["full_k4"]["parts_ms_per_token"].values())
+    assert (out / "profile_tiny_full_k4.txt").is_file()
+    assert "Profile of `full_k4`" in md
 
 
 def test_memory_probe_runs_in_a_fresh_process():
