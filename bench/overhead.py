@@ -15,9 +15,11 @@ controller attach) and decode (start of the second forward to the end of the cal
 decode time over the ``max_new_tokens - 1`` decode forwards; choose ``max_new_tokens - 1`` divisible by
 every k, so each k optimises exactly 1/k of the steps.
 
-Besides the median wall time per token, each variant gets two estimates that a shared machine
-disturbs less: per-token time rebuilt from the median plain and median optimisation step of each run,
-and process CPU time (with one intra-op thread, time the core was taken away does not count). On CPU,
+Besides the median wall time per token, each variant gets estimates that a shared machine disturbs
+less: per-token time rebuilt from the median plain and median optimisation step of each run; that time
+over the run's own plain step (the price of optimising, measured within a run); the loop gap (from the
+end of a plain decode forward to the start of the next: the loop's own work, without the model); and
+process CPU time (with one intra-op thread, time the core was taken away does not count). On CPU,
 ``quiet`` waits before each run until other processes leave the cores, and every run records how much
 of the machine they used.
 
