@@ -59,6 +59,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from vreason.memory import proc_status_kib, reset_peak_memory, synchronize
+
 REPO = Path(__file__).resolve().parents[1]
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S %Z"
 
@@ -121,18 +123,30 @@ class QuietSpec:
     max_wait_s: float = 0.0  # 0: never wait
 
 
-TARGET_METRICS = ("per_token_ratio", "kv_cache_ratio", "peak_memory_ratio")
+TARGET_METRICS = (
+    "per_token_ratio",
+    "kv_cache_ratio",
+    "peak_memory_ratio",
+    "peak_total_ratio",
+    "batch_scaling",
+)
 
 
 @dataclass
 class Target:
-    """A number to report against (never asserted). metric: per_token_ratio | kv_cache_ratio |
-    peak_memory_ratio, each relative to ``generate``."""
+    """A number to report against (never asserted).
+
+    metric, relative to ``generate``'s: per_token_ratio (decode time per token), kv_cache_ratio,
+    peak_memory_ratio (peak growth over the memory in use before the call: activations, cache,
+    controller) or peak_total_ratio (the whole peak, weights included: what a GPU must hold).
+    batch_scaling: the variant's own tokens/s at its largest batch size over batch 1.
+    """
 
     variant: str = "full_k4"
     metric: str = "per_token_ratio"
     limit: float = 1.0
     strict: bool = False  # True: must be below ``limit``; False: at most ``limit``
+    at_least: bool = False  # the limit is a floor (batch_scaling): at least ``limit`` (above, if strict)
 
 
 @dataclass
@@ -370,11 +384,6 @@ def make_inputs(cfg: BenchConfig, tokenizer, setting: VideoSetting | None, batch
 # One timed run
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class ForeignLoad:
     """CPU time that other processes (and the hypervisor, as steal) took while the benchmark ran: a
     busy neighbour on a 2-core machine moves timings far more than anything measured here."""
@@ -427,7 +436,7 @@ class ForwardClock:
 
     def _pre(self, module, args, kwargs) -> None:
         if self.starts:  # a decode forward; the sync makes the timestamp mean "previous step done"
-            _sync(self.device)
+            synchronize(self.device)
         self.starts.append(time.perf_counter())
         self.cpu_starts.append(time.process_time())
         self.grad.append(torch.is_grad_enabled())
@@ -436,7 +445,7 @@ class ForwardClock:
             self.on_decode_start()
 
     def _post(self, module, args, output) -> None:
-        _sync(self.device)
+        synchronize(self.device)
         self.ends.append(time.perf_counter())
 
     @property
@@ -468,6 +477,7 @@ class Run:
     faults: int
     kv_cache_bytes: int
     other_load: float | None = None  # share of the machine other processes used during the run
+    base_bytes: int | None = None  # CUDA only: memory allocated before the call (weights, inputs)
     peak_delta_bytes: int | None = None  # CUDA only (CPU: fresh subprocess, see measure_memory)
     decode_peak_delta_bytes: int | None = None
     token_ids: list[list[int]] = field(default_factory=list)
@@ -537,7 +547,7 @@ def run_variant(
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    _sync(device)
+    synchronize(device)
     load = ForeignLoad() if Path("/proc/stat").is_file() else None
     with ForwardClock(model, decode_started) as clock:
         start = time.perf_counter()
@@ -553,7 +563,7 @@ def run_variant(
             token_ids = [t.token_ids for t in traces]
             optimised = [sum(t.optimized) for t in traces]
             faults = sum(len(t.faults) for t in traces)
-        _sync(device)
+        synchronize(device)
         end, cpu_end = time.perf_counter(), time.process_time()
     lengths = {len(ids) for ids in token_ids}
     if lengths != {new_tokens} or len(clock.starts) != new_tokens:
@@ -584,6 +594,7 @@ def run_variant(
         token_ids=token_ids,
     )
     if cuda:
+        run.base_bytes = base
         run.peak_delta_bytes = max(peaks["prefill"], torch.cuda.max_memory_allocated(device)) - base
         run.decode_peak_delta_bytes = torch.cuda.max_memory_allocated(device) - peaks["decode_base"]
     return run
@@ -593,17 +604,10 @@ def run_variant(
 # Memory on CPU: a fresh subprocess per variant
 
 
-def _proc_status_kib(field_name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field_name}")
-
-
 def _reset_peak_rss() -> int:
     """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; returns the current RSS in bytes."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _proc_status_kib("VmRSS") * 1024
+    reset_peak_memory(torch.device("cpu"))
+    return proc_status_kib("VmRSS") * 1024
 
 
 def memory_probe(cfg: BenchConfig, variant_name: str, setting_label: str) -> dict[str, Any]:
@@ -624,21 +628,22 @@ def memory_probe(cfg: BenchConfig, variant_name: str, setting_label: str) -> dic
     marks: dict[str, int] = {}
 
     def decode_started() -> None:
-        marks["prefill_peak"] = _proc_status_kib("VmHWM") * 1024
+        marks["prefill_peak"] = proc_status_kib("VmHWM") * 1024
         marks["decode_base"] = _reset_peak_rss()
 
-    file_before = _proc_status_kib("RssFile")
+    file_before = proc_status_kib("RssFile")
     base = _reset_peak_rss()
     run = run_variant(
         model, variant, inputs, cfg.memory.max_new_tokens, cfg.positions, on_decode_start=decode_started
     )
-    decode_peak = _proc_status_kib("VmHWM") * 1024
+    decode_peak = proc_status_kib("VmHWM") * 1024
     return {
         "method": "peak RSS (VmHWM) growth in a fresh process, after a warm-up run",
         "peak_delta_mib": max(0, max(marks["prefill_peak"], decode_peak) - base) / 2**20,
+        "peak_total_mib": max(base, marks["prefill_peak"], decode_peak) / 2**20,  # the process's whole RSS
         # RSS counters are batched per CPU by the kernel: differences below ~0.5 MiB are noise
         "decode_peak_delta_mib": max(0, decode_peak - marks["decode_base"]) / 2**20,
-        "file_pages_loaded_mib": (_proc_status_kib("RssFile") - file_before) / 2**10,
+        "file_pages_loaded_mib": (proc_status_kib("RssFile") - file_before) / 2**10,
         "kv_cache_mib": run.kv_cache_bytes / 2**20,
         "new_tokens": cfg.memory.max_new_tokens,
     }
@@ -995,6 +1000,7 @@ def bench_setting(
             row["memory"] = {
                 "method": "torch.cuda.max_memory_allocated growth",
                 "peak_delta_mib": max(r.peak_delta_bytes for r in own) / 2**20,
+                "peak_total_mib": max(r.base_bytes + r.peak_delta_bytes for r in own) / 2**20,
                 "decode_peak_delta_mib": max(r.decode_peak_delta_bytes for r in own) / 2**20,
                 "kv_cache_mib": row["kv_cache_mib"],
             }
@@ -1028,11 +1034,20 @@ def evaluate_targets(cfg: BenchConfig, result: dict[str, Any]) -> list[dict[str,
             )
         elif target.metric == "kv_cache_ratio":
             value = row["kv_cache_mib"] / reference["kv_cache_mib"]
-        else:  # peak_memory_ratio (names are checked by load_config)
-            if row["memory"] is None or not reference["memory"]["peak_delta_mib"]:
+        elif target.metric == "batch_scaling":
+            rates = {int(b): v for b, v in row["tokens_per_s"].items()}
+            if 1 not in rates or len(rates) < 2:
                 continue
-            value = row["memory"]["peak_delta_mib"] / reference["memory"]["peak_delta_mib"]
-        met = value < target.limit if target.strict else value <= target.limit
+            value = rates[max(rates)] / rates[1]
+        else:  # peak_memory_ratio, peak_total_ratio (names are checked by load_config)
+            key = "peak_delta_mib" if target.metric == "peak_memory_ratio" else "peak_total_mib"
+            if row["memory"] is None or not reference["memory"] or not reference["memory"][key]:
+                continue
+            value = row["memory"][key] / reference["memory"][key]
+        if target.at_least:
+            met = value > target.limit if target.strict else value >= target.limit
+        else:
+            met = value < target.limit if target.strict else value <= target.limit
         out.append(
             {
                 **asdict(target),
@@ -1105,21 +1120,22 @@ def markdown(report: dict[str, Any]) -> str:
             )
         lines += [
             "",
-            "tok/s: decode tokens per second (all samples) at each batch size. Memory: peak growth over the "
-            "whole run / over decoding alone (CPU: RSS in a fresh process per variant; CUDA: allocated); KV: "
-            "the cache's size at the end of the run.",
+            "tok/s: decode tokens per second (all samples) at each batch size. Memory: the whole peak "
+            "(weights included), then the peak's growth over the call / over decoding alone (CPU: RSS in a "
+            "fresh process per variant; CUDA: allocated); KV: the cache's size at the end of the run.",
             "",
             "| variant | "
             + " | ".join(f"tok/s b={b}" for b in batches)
-            + " | peak MiB | decode peak MiB | KV MiB |",
-            "|---" * (4 + len(batches)) + "|",
+            + " | peak total MiB | peak growth MiB | decode peak growth MiB | KV MiB |",
+            "|---" * (5 + len(batches)) + "|",
         ]
         for name_, row in result["variants"].items():
             memory = row["memory"] or {}
             lines.append(
                 f"| {name_} | "
                 + " | ".join(_fmt(row["tokens_per_s"].get(str(b)), 1) for b in batches)
-                + f" | {_fmt(memory.get('peak_delta_mib'), 1)} | {_fmt(memory.get('decode_peak_delta_mib'), 1)} | "
+                + f" | {_fmt(memory.get('peak_total_mib'), 1)} | {_fmt(memory.get('peak_delta_mib'), 1)} | "
+                f"{_fmt(memory.get('decode_peak_delta_mib'), 1)} | "
                 f"{_fmt(row['kv_cache_mib'], 2)} |"
             )
         if "loop_off_tokens_match_generate" in result:
@@ -1134,7 +1150,7 @@ def markdown(report: dict[str, Any]) -> str:
                 "|---|---|---|---|---|---|",
             ]
             for t in result["targets"]:
-                sign = "<" if t["strict"] else "<="
+                sign = (">" if t["at_least"] else "<") + ("" if t["strict"] else "=")
                 lines.append(
                     f"| {t['variant']} {t['metric']} | {t['value']:.3f} | {_fmt(t.get('robust_value'), 3)} | "
                     f"{_fmt(t.get('cpu_value'), 3)} | "

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from bench.overhead import (
+    Target,
     VideoSetting,
+    evaluate_targets,
     load_config,
     main,
     make_inputs,
@@ -151,3 +153,44 @@ def test_gpu_config_fails_fast_without_cuda(tmp_path):
     with pytest.raises(SystemExit, match="CUDA is not available"):
         main(["--config", str(CONFIGS / "qwen2.5-vl-7b-arch.yaml"), "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_targets_read_time_memory_and_batch_scaling():
+    """Each target metric reads the right numbers, and floors (at_least) are judged as floors."""
+    cfg = load_config(TINY)
+    cfg.targets = [
+        Target("full_k4", "per_token_ratio", 1.05),
+        Target("full_k4", "peak_total_ratio", 1.05),
+        Target("full_k4", "peak_memory_ratio", 1.05),
+        Target("full_k4", "batch_scaling", 4.0, at_least=True),
+        Target("lite_k4", "kv_cache_ratio", 1.0, strict=True),
+    ]
+
+    def row(ratio, kv, rates, total, growth):
+        return {
+            "ratio_vs_generate": ratio,
+            "robust_ratio_vs_generate": ratio,
+            "cpu_ratio_vs_generate": ratio,
+            "kv_cache_mib": kv,
+            "tokens_per_s": {str(b): r for b, r in rates.items()},
+            "memory": {"peak_total_mib": total, "peak_delta_mib": growth},
+        }
+
+    result = {
+        "variants": {
+            "generate": row(1.0, 10.0, {1: 10.0, 8: 60.0}, 1000.0, 100.0),
+            "full_k4": row(1.03, 10.0, {1: 9.0, 8: 45.0}, 1040.0, 140.0),
+            "lite_k4": row(1.01, 6.0, {1: 9.5}, 990.0, 90.0),
+        }
+    }
+    got = {t["metric"]: (round(t["value"], 6), t["met"]) for t in evaluate_targets(cfg, result)}
+    assert got == {
+        "per_token_ratio": (1.03, True),
+        "peak_total_ratio": (1.04, True),
+        "peak_memory_ratio": (1.4, False),
+        "batch_scaling": (5.0, True),
+        "kv_cache_ratio": (0.6, True),
+    }
+    cfg.targets = [Target("full_k4", "batch_scaling", 6.0, at_least=True)]
+    (scaling,) = evaluate_targets(cfg, result)
+    assert not scaling["met"] and scaling["margin"] == pytest.approx(-1.0)

@@ -139,3 +139,21 @@ def test_registry_knows_every_controller_and_names_them_on_error():
 def test_invalid_norm_dims_is_rejected():
     with pytest.raises(ValueError, match="norm_dims"):
         ValueCacheController(norm_dims="channel")
+
+
+def test_steered_block_is_reused_until_the_offset_changes():
+    """Forwards without autograd reuse Eq. 1's result; an in-place update of ΔV invalidates it."""
+    torch.manual_seed(2)
+    stored = torch.randn(2, 3, 7, 5)
+    mask = torch.rand(2, 7) > 0.3
+    controller = attached_controller("block", stored, mask)
+    with torch.no_grad():
+        first = controller._steered_prompt(stored)
+        assert controller._steered_prompt(stored) is first
+        controller.params[1].add_(0.5)
+        moved = controller._steered_prompt(stored)
+    assert moved is not first
+    torch.testing.assert_close(moved, controller.steer(stored).detach())
+    assert torch.equal(moved[0], first[0]) and not torch.equal(moved[1], first[1])
+    with torch.enable_grad():  # optimisation steps always recompute, with the graph to ΔV
+        assert controller._steered_prompt(stored).requires_grad

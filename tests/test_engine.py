@@ -11,6 +11,7 @@ from vreason.controllers.key_cache import KeyCacheController
 from vreason.controllers.value_cache import ValueCacheController
 from vreason.engine import Decoder, Method, OptimizerConfig
 from vreason.objectives.max_entropy import MaxEntropyObjective
+from vreason.objectives.switching import SwitchingObjective
 from vreason.pruning import L2NormPruner
 from vreason.sampling import SamplingConfig
 from vreason.schedule import FixedStepSchedule
@@ -145,6 +146,49 @@ def test_batch_matches_single_runs(tiny_vl, mp4_videos):
             torch.tensor(in_batch.controller_norm), torch.tensor(alone.controller_norm), rtol=1e-3, atol=1e-5
         )
         assert in_batch.controller_norm[-1] > 0
+
+
+class SecondStepWithoutFirstSample(SwitchingObjective):
+    """The paper's objective, except that sample 0 sits out the second optimisation step (alpha 0)."""
+
+    def __init__(self) -> None:
+        self.optimisation_steps = 0
+
+    def __call__(self, entropy, ema, peak):
+        loss, alpha = super().__call__(entropy, ema, peak)
+        if entropy.requires_grad:
+            self.optimisation_steps += 1
+            if self.optimisation_steps == 2:
+                alpha = alpha.clone()
+                alpha[0] = 0
+                loss = -alpha.to(entropy.dtype) * entropy
+        return loss, alpha
+
+
+def test_a_sample_sitting_out_a_step_keeps_its_controller_and_the_others_step(tiny_vl, mp4_videos):
+    """The batch shares one AdamW: a sample without a step must not move (no momentum step on a zero
+    gradient), and the others must step exactly as they would without it."""
+    model, processor = tiny_vl
+    inputs = mp4_batch(
+        processor, [("Which way?", mp4_videos["right_red"]), ("Colour?", mp4_videos["up_blue"])]
+    )
+    schedule = FixedStepSchedule(step_size=2)  # optimisation steps make tokens 3, 5, 7, ...
+    opt = OptimizerConfig(lr=0.02)
+
+    def run(objective):
+        method = Method(
+            controller=ValueCacheController(), objective=objective, schedule=schedule, optimizer=opt
+        )
+        return Decoder(model, method, greedy(12)).generate(inputs, keys=["a", "b"])
+
+    skipping, paper = run(SecondStepWithoutFirstSample()), run(SwitchingObjective())
+    sat_out = skipping[0]
+    assert sat_out.alpha[4] == 0 and not sat_out.optimized[4]
+    assert sat_out.optimized[2] and sat_out.optimized[6]
+    assert sat_out.controller_norm[4] == sat_out.controller_norm[3] > 0
+    assert sat_out.controller_norm[6] != sat_out.controller_norm[5]
+    assert skipping[1].token_ids == paper[1].token_ids
+    assert skipping[1].controller_norm == paper[1].controller_norm
 
 
 def test_sampling_is_per_sample_and_seeded(tiny_lm):

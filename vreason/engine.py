@@ -14,7 +14,7 @@ correct after Lite shortens the cache.
 
 from __future__ import annotations
 
-import resource
+import math
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -25,6 +25,7 @@ from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel, StoppingCriteriaList, StopStringCriteria
 
 from vreason.controllers.base import Controller
+from vreason.memory import peak_memory_bytes, reset_peak_memory, synchronize
 from vreason.objectives.base import Objective
 from vreason.objectives.switching import SwitchingObjective
 from vreason.positions import select_positions
@@ -74,8 +75,8 @@ class SampleTrace:
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0  # after Lite eviction
     prefill_seconds: float = 0.0
-    seconds: float = 0.0
-    peak_memory_mb: float = 0.0
+    seconds: float = 0.0  # the whole batch's call, prefill included
+    peak_memory_mb: float = 0.0  # over the call: CUDA memory allocated, or (CPU) the process's peak RSS
 
     @property
     def num_tokens(self) -> int:
@@ -83,6 +84,15 @@ class SampleTrace:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "num_tokens": self.num_tokens}
+
+    def append(self, step: StepOnHost, row: int, optimized: bool, controller_norm: float) -> None:
+        """Record sample ``row``'s generated token of ``step``."""
+        self.token_ids.append(step.token[row])
+        self.entropy.append(step.entropy[row])
+        self.ema.append(step.ema[row])
+        self.alpha.append(step.alpha[row])
+        self.optimized.append(optimized)
+        self.controller_norm.append(controller_norm)
 
 
 def entropy_of(logits: Tensor) -> Tensor:
@@ -172,10 +182,8 @@ class Decoder:
         inputs = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
         batch = inputs["input_ids"].shape[0]
         keys = keys or [str(i) for i in range(batch)]
-        method, schedule, controller = self.method, self.method.schedule, self.method.controller
         traces = [SampleTrace() for _ in range(batch)]
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak_memory(self.device)
         start = time.perf_counter()
 
         # Prefill (Algorithm 1 line 14): logits for token 1 and the full KV cache.
@@ -185,73 +193,122 @@ class Decoder:
             out = self.model(
                 **inputs, position_ids=position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
             )
-        logits = out.logits[:, -1]
         attention_mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+        synchronize(self.device)
         prefill_seconds = time.perf_counter() - start
 
+        controller = self.method.controller
         try:  # the controller is per batch: let it go whatever happens
-            if controller is not None or method.pruner is not None:
+            if controller is not None or self.method.pruner is not None:
                 attention_mask = self._prepare_cache(inputs, cache, attention_mask)
             cached_prompt_tokens = attention_mask.sum(dim=1).tolist()
-            optimizers = self._optimizers() if controller is not None else []
-
-            state = schedule.initial_state(batch, self.device)
-            generators = sample_generators(seed, keys, self.device)
-            sequences = inputs["input_ids"]
-            next_position = position_ids[..., -1:] + 1
-            active = torch.ones(batch, dtype=torch.bool, device=self.device)
-            norms = torch.zeros(batch)
-            step, optimizing = 0, False
-            self._snapshots = {}
-            while True:
-                finite = torch.isfinite(logits.detach()).all(dim=-1)
-                faults = self._contain_non_finite(finite, active, optimizers)
-                # Entropy with grad on optimisation steps; sampling from the detached logits (Algorithm 1).
-                with torch.set_grad_enabled(optimizing):
-                    entropy = torch.where(finite, entropy_of(logits.nan_to_num()), float("nan"))
-                    peak = schedule.update(state, entropy, optimizing, valid=finite)
-                    loss, alpha = method.objective(entropy, state.ema, peak)
-                scores = self.processor(
-                    sequences, logits.detach().float().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
-                )
-                token = next_tokens(scores, self.sampling, generators)
-                token = torch.where(active, token, self.pad_token_id)
-                if optimizing:
-                    faults = {**self._optimize(loss, alpha, active & finite, optimizers), **faults}
-                if controller is not None and (optimizing or faults):
-                    norms = controller.norms().cpu()
-                self._record(
-                    traces, active, token, entropy, state.ema, alpha, optimizing, norms, faults, step
-                )
-
-                sequences = torch.cat([sequences, token[:, None]], dim=-1)
-                finished = self._finished(sequences, token, traces, active, step)
-                active = active & ~finished
-                step += 1
-                if not bool(active.any()) or step >= self.sampling.max_new_tokens:
-                    break
-
-                # Decode forward `step` (Algorithm 1 line 21): one forward per generated token.
-                optimizing = controller is not None and schedule.is_optimization_step(step)
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
-                with torch.set_grad_enabled(optimizing), self._applied():
-                    out = self.model(
-                        input_ids=token[:, None],
-                        attention_mask=attention_mask,
-                        position_ids=next_position,
-                        past_key_values=cache,
-                        use_cache=True,
-                    )
-                    logits = out.logits[
-                        :, -1
-                    ]  # sliced inside grad mode: a view made under no_grad is cut off
-                next_position = next_position + 1
-
+            self._decode(
+                inputs["input_ids"],
+                out.logits[:, -1],
+                cache,
+                attention_mask,
+                position_ids,
+                traces,
+                keys,
+                seed,
+            )
         finally:
             if controller is not None:
                 controller.detach()
-        self._finish(traces, inputs, cached_prompt_tokens, start, prefill_seconds)
+        synchronize(self.device)
+        seconds = time.perf_counter() - start
+        prompt_tokens = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).sum(dim=1).tolist()
+        peak_mb = peak_memory_bytes(self.device) / 2**20
+        for trace, prompt, cached in zip(traces, prompt_tokens, cached_prompt_tokens, strict=True):
+            trace.prompt_tokens, trace.cached_prompt_tokens = int(prompt), int(cached)
+            trace.prefill_seconds, trace.seconds, trace.peak_memory_mb = prefill_seconds, seconds, peak_mb
         return traces
+
+    def _decode(
+        self,
+        sequences: Tensor,
+        logits: Tensor,
+        cache: DynamicCache,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        traces: list[SampleTrace],
+        keys: list[str],
+        seed: int,
+    ) -> None:
+        """Algorithm 1's loop, from the prefill's logits to the last token; fills ``traces``.
+
+        Whatever the batch size, the host reads the device once per token (one copy of everything the
+        trace and the stopping rule need) and twice more per optimisation step (gradient norms, then
+        controller norms): per-sample controllers never serialise the batch.
+        """
+        method, schedule, controller = self.method, self.method.schedule, self.method.controller
+        batch = len(traces)
+        optimizer = self._optimizer() if controller is not None else None
+        state = schedule.initial_state(batch, self.device)
+        generators = sample_generators(seed, keys, self.device)
+        eos = self.eos.to(self.device)
+        next_position = position_ids[..., -1:] + 1
+        active = [True] * batch  # host copy: it decides the loop, the trace and who steps
+        active_on_device = torch.ones(batch, dtype=torch.bool, device=self.device)
+        norms = [0.0] * batch
+        self._snapshots = {}
+        step, optimizing = 0, False
+        while True:
+            finite = torch.isfinite(logits.detach()).all(dim=-1)
+            # Entropy with grad on optimisation steps; sampling from the detached logits (Algorithm 1).
+            with torch.set_grad_enabled(optimizing):
+                entropy = torch.where(finite, entropy_of(logits.nan_to_num()), float("nan"))
+                peak = schedule.update(state, entropy, optimizing, valid=finite)
+                loss, alpha = method.objective(entropy, state.ema, peak)
+            scores = self.processor(
+                sequences, logits.detach().float().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+            )
+            token = next_tokens(scores, self.sampling, generators).where(active_on_device, self.pad_token_id)
+            sequences = torch.cat([sequences, token[:, None]], dim=-1)
+            stop = self.stop(sequences, None) if len(self.stop) else torch.zeros_like(finite)
+            host = StepOnHost.read(
+                token, entropy, state.ema, alpha, finite, loss, torch.isin(token, eos), stop
+            )
+
+            # Rows with NaN/Inf logits: record the fault and put the controller back to its value before
+            # its last step (the last known to give finite logits). The EMA skipped them; no step is taken.
+            faults = {
+                row: "non-finite logits" for row in range(batch) if active[row] and not host.finite[row]
+            }
+            for row in faults:
+                self._restore(row, optimizer)
+            stepped: set[int] = set()
+            if optimizing:
+                stepped, step_faults, norms = self._optimize(loss, host, active, optimizer)
+                faults.update(step_faults)
+            elif faults and controller is not None:
+                norms = controller.norms().tolist()
+            for row in range(batch):
+                if active[row]:
+                    traces[row].append(host, row, row in stepped, norms[row])
+                    if row in faults:
+                        traces[row].faults.append({"token": step + 1, "reason": faults[row]})
+                    if host.eos[row] or host.stop[row]:
+                        traces[row].finish_reason = "eos" if host.eos[row] else "stop_string"
+                        active[row] = False
+                        active_on_device[row] = False
+
+            step += 1
+            if not any(active) or step >= self.sampling.max_new_tokens:
+                break
+            # Decode forward `step` (Algorithm 1 line 21): one forward per generated token.
+            optimizing = controller is not None and schedule.is_optimization_step(step)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
+            with torch.set_grad_enabled(optimizing), self._applied():
+                out = self.model(
+                    input_ids=token[:, None],
+                    attention_mask=attention_mask,
+                    position_ids=next_position,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                logits = out.logits[:, -1]  # sliced inside grad mode: a view made under no_grad is cut off
+            next_position = next_position + 1
 
     def _prepare_cache(
         self, inputs: Mapping[str, Tensor], cache: DynamicCache, attention_mask: Tensor
@@ -269,109 +326,120 @@ class Decoder:
             method.controller.attach(self.model, cache, positions)
         return attention_mask
 
-    def _optimizers(self) -> list[torch.optim.Optimizer]:
-        cfg, controller = self.method.optimizer, self.method.controller
-        return [
-            torch.optim.AdamW(
-                controller.sample_parameters(i),
-                lr=cfg.lr,
-                betas=cfg.betas,
-                eps=cfg.eps,
-                weight_decay=cfg.weight_decay,
-            )
-            for i in range(len(controller.params))
-        ]
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """One AdamW over every sample's tensors. torch keeps AdamW's state (moments, step count) per
+        tensor and skips tensors without a gradient, so this is exactly one optimiser per sample, and
+        on CUDA its ``foreach`` kernels update the whole batch at once."""
+        cfg = self.method.optimizer
+        return torch.optim.AdamW(
+            self.method.controller.params,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+        )
 
-    def _contain_non_finite(self, finite: Tensor, active: Tensor, optimizers: list) -> dict[int, str]:
-        """Rows whose logits hold NaN/Inf: record the fault and put the controller back to its value
-        before its last step (the last value known to give finite logits). Generation continues; the
-        EMA skips that token and no step is taken on it."""
-        faults: dict[int, str] = {}
-        if bool(finite.all()):
-            return faults
-        for row in (active & ~finite).nonzero().flatten().tolist():
-            faults[row] = "non-finite logits"
-            self._restore(row, optimizers)
-        return faults
-
-    def _restore(self, row: int, optimizers: list) -> None:
+    def _restore(self, row: int, optimizer: torch.optim.Optimizer) -> None:
+        """Put sample ``row``'s controller back to its value before its last step; drop its moments."""
         if row not in self._snapshots:
-            return
+            return  # never stepped: still at its initial value
         with torch.no_grad():
             for param, saved in zip(
                 self.method.controller.sample_parameters(row), self._snapshots[row], strict=True
             ):
                 param.copy_(saved)
-        optimizers[row].state.clear()  # its moments led here; start them afresh
+                optimizer.state.pop(param, None)  # its moments led here; start them afresh
 
-    def _optimize(self, loss: Tensor, alpha: Tensor, active: Tensor, optimizers: list) -> dict[int, str]:
-        """One AdamW step per sample that is active and has alpha != 0; per-sample gradient clipping.
+    def _optimize(
+        self, loss: Tensor, host: StepOnHost, active: list[bool], optimizer: torch.optim.Optimizer
+    ) -> tuple[set[int], dict[int, str], list[float]]:
+        """One AdamW step for each sample that is active, has finite logits and alpha != 0, with
+        per-sample gradient clipping. Returns the samples that stepped, faults and controller norms.
 
         A sample whose loss or gradient is not finite skips the step (its controller keeps its last
-        finite value); a step that makes the controller non-finite is undone. Faults are returned for
-        the trace.
+        finite value); a step that makes the controller non-finite is undone.
         """
-        take = active & (alpha != 0)
+        controller, clip = self.method.controller, self.method.optimizer.grad_clip
         faults: dict[int, str] = {}
-        if not bool(take.any()):
-            return faults
-        finite_loss = torch.isfinite(loss.detach())
-        for row in (take & ~finite_loss).nonzero().flatten().tolist():
-            faults[row] = "non-finite entropy"
-        take = take & finite_loss
-        with torch.enable_grad():
-            (loss * take).where(take, 0.0).sum().backward()
-        clip = self.method.optimizer.grad_clip
-        for row in take.nonzero().flatten().tolist():
-            params = self.method.controller.sample_parameters(row)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
-            if not torch.isfinite(grad_norm):
-                faults[row] = "non-finite gradient"
-                continue
-            self._snapshots[row] = [p.detach().clone() for p in params]
-            optimizers[row].step()
-            if not all(bool(torch.isfinite(p).all()) for p in params):
-                faults[row] = "non-finite controller"
-                self._restore(row, optimizers)
-        for optimizer in optimizers:
+        take = []
+        for row, is_active in enumerate(active):
+            if is_active and host.finite[row] and host.alpha[row] != 0:
+                if host.loss_finite[row]:
+                    take.append(row)
+                else:
+                    faults[row] = "non-finite entropy"
+        if take:
+            rows = torch.zeros(len(active), dtype=torch.bool)
+            rows[take] = True
+            with torch.enable_grad():
+                loss.where(rows.to(loss.device), 0.0).sum().backward()
+            grads = {row: [p.grad for p in controller.sample_parameters(row)] for row in take}
+            grad_norms = {row: torch.nn.utils.get_total_norm(g) for row, g in grads.items()}
+            finite = torch.isfinite(torch.stack(list(grad_norms.values()))).tolist()
+            for (row, norm), ok in zip(grad_norms.items(), finite, strict=True):
+                params = controller.sample_parameters(row)
+                if not ok:
+                    faults[row] = "non-finite gradient"
+                    continue
+                if clip is not None:
+                    torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+                self._snapshots[row] = [p.detach().clone() for p in params]
+            take = [row for row in take if row not in faults]
+            for row in range(len(active)):
+                if row not in take:  # torch's AdamW leaves tensors without a gradient alone
+                    for param in controller.sample_parameters(row):
+                        param.grad = None
+            optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return faults
+        norms = controller.norms().tolist()
+        broken = [row for row in take if not math.isfinite(norms[row])]
+        for row in broken:
+            faults[row] = "non-finite controller"
+            self._restore(row, optimizer)
+        if broken:
+            norms = controller.norms().tolist()
+        return set(take) - set(broken), faults, norms
 
     def _applied(self):
         controller = self.method.controller
         return controller.applied() if controller is not None else nullcontext()
 
-    def _finished(self, sequences: Tensor, token: Tensor, traces: list, active: Tensor, step: int) -> Tensor:
-        is_eos = torch.isin(token, self.eos.to(token.device))
-        by_string = self.stop(sequences, None) if len(self.stop) else torch.zeros_like(is_eos)
-        for row in (active & (is_eos | by_string)).nonzero().flatten().tolist():
-            traces[row].finish_reason = "eos" if bool(is_eos[row]) else "stop_string"
-        return is_eos | by_string
 
-    @staticmethod
-    def _record(traces, active, token, entropy, ema, alpha, optimizing, norms, faults, step) -> None:
-        token, entropy, ema, alpha = (t.detach().cpu() for t in (token, entropy, ema, alpha))
-        for row in active.nonzero().flatten().tolist():
-            trace = traces[row]
-            trace.token_ids.append(int(token[row]))
-            trace.entropy.append(float(entropy[row]))
-            trace.ema.append(float(ema[row]))
-            trace.alpha.append(int(alpha[row]))
-            trace.optimized.append(optimizing and row not in faults and int(alpha[row]) != 0)
-            trace.controller_norm.append(float(norms[row]))
-            if row in faults:
-                trace.faults.append({"token": step + 1, "reason": faults[row]})
+@dataclass
+class StepOnHost:
+    """One decode step's per-sample values, copied from the device in a single transfer."""
 
-    def _finish(self, traces, inputs, cached_prompt_tokens, start, prefill_seconds) -> None:
-        seconds = time.perf_counter() - start
-        if self.device.type == "cuda":
-            peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
-        prompt_mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
-        for row, trace in enumerate(traces):
-            trace.prompt_tokens = int(prompt_mask[row].sum())
-            trace.cached_prompt_tokens = int(cached_prompt_tokens[row])
-            trace.prefill_seconds = prefill_seconds
-            trace.seconds = seconds
-            trace.peak_memory_mb = peak_mb
+    token: list[int]
+    entropy: list[float]
+    ema: list[float]
+    alpha: list[int]
+    finite: list[bool]  # logits free of NaN/Inf
+    loss_finite: list[bool]
+    eos: list[bool]
+    stop: list[bool]  # a stop string completed
+
+    @classmethod
+    def read(
+        cls,
+        token: Tensor,
+        entropy: Tensor,
+        ema: Tensor,
+        alpha: Tensor,
+        finite: Tensor,
+        loss: Tensor,
+        eos: Tensor,
+        stop: Tensor,
+    ) -> StepOnHost:
+        values = [token, entropy, ema, alpha, finite, torch.isfinite(loss.detach()), eos, stop]
+        rows = torch.stack([v.detach().to(torch.float64) for v in values]).tolist()  # ids < 2**53: exact
+        token_, entropy_, ema_, alpha_, finite_, loss_finite, eos_, stop_ = rows
+        return cls(
+            token=[int(x) for x in token_],
+            entropy=entropy_,
+            ema=ema_,
+            alpha=[int(x) for x in alpha_],
+            finite=[bool(x) for x in finite_],
+            loss_finite=[bool(x) for x in loss_finite],
+            eos=[bool(x) for x in eos_],
+            stop=[bool(x) for x in stop_],
+        )

@@ -71,6 +71,10 @@ class ValueCacheController(Controller):
         self._layer_index = -1
         self._mask: Tensor | None = None  # [batch, prompt_len] bool, over the physical (evicted) cache
         self._reference: Tensor | None = None  # ||V|| of Eq. 1, keepdim shape
+        # Eq. 1 on the prompt block, reused by forwards without autograd until ΔV changes: the prompt
+        # part of the cache is fixed while decoding, and every in-place update bumps ΔV's version.
+        self._steered: Tensor | None = None
+        self._steered_versions: tuple[int, ...] = ()
 
     def _resolve_layer(self, model: PreTrainedModel) -> int:
         n_layers = last_layer_index(model) + 1
@@ -93,7 +97,7 @@ class ValueCacheController(Controller):
         stored = self._stored(cache)  # [batch, kv_heads, prompt_len, head_dim]
         if self._reference is None or self.norm_dims == "token":
             self._reference = masked_norm(stored.float(), positions, self.norm_dims)
-        self._cache, self._mask = cache, positions
+        self._cache, self._mask, self._steered = cache, positions, None
         shape = (1, *stored.shape[1:])
         self.params = [
             torch.nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=stored.device))
@@ -102,7 +106,7 @@ class ValueCacheController(Controller):
 
     def detach(self) -> None:
         super().detach()
-        self._cache = self._mask = self._reference = None
+        self._cache = self._mask = self._reference = self._steered = None
 
     def steer(self, stored: Tensor) -> Tensor:
         """Eq. 1 on the prompt part of the cache. stored: [batch, kv_heads, prompt_len, head_dim]."""
@@ -116,8 +120,18 @@ class ValueCacheController(Controller):
     def _transform(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         n_prompt = self._mask.shape[1]
         tensor = values if self.target == "values" else keys
-        steered = torch.cat([self.steer(tensor[:, :, :n_prompt]), tensor[:, :, n_prompt:]], dim=2)
+        steered = torch.cat([self._steered_prompt(tensor[:, :, :n_prompt]), tensor[:, :, n_prompt:]], dim=2)
         return (keys, steered) if self.target == "values" else (steered, values)
+
+    def _steered_prompt(self, prompt: Tensor) -> Tensor:
+        """``steer(prompt)``, computed afresh under autograd (optimisation steps) or after ΔV changed."""
+        if torch.is_grad_enabled():
+            self._steered = None
+            return self.steer(prompt)
+        versions = tuple(p._version for p in self.params)
+        if self._steered is None or versions != self._steered_versions:
+            self._steered, self._steered_versions = self.steer(prompt), versions
+        return self._steered
 
     @contextmanager
     def applied(self) -> Iterator[None]:
