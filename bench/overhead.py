@@ -301,38 +301,17 @@ def random_qwen2_5_vl(
     """The real ``Qwen2_5_VLForConditionalGeneration`` at any size, with random weights (the config's own
     init, std ``initializer_range``) and vreason's byte tokenizer; the special-token ids the tokenizer
     makes (256-262) lie inside any vocabulary, so the processor's ids feed the model as they are."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from vreason.models import SPECIAL_TOKENS, byte_level_tokenizer
+    from vreason.models import byte_level_tokenizer, qwen2_5_vl_config
 
     tokenizer = byte_level_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    text = dict(text)
-    rope = {
-        "rope_type": "default",
-        "rope_theta": text.pop("rope_theta", 1e6),
-        "mrope_section": list(text.pop("mrope_section")),  # sums to head_dim / 2
-    }
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            **text,
-            rope_parameters=rope,
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        ),
-        vision_config=dict(vision),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+    config = qwen2_5_vl_config(text, vision, tokenizer)
     torch.manual_seed(seed)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
     return model, tokenizer
 
 

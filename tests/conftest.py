@@ -62,19 +62,16 @@ def lm_batch(tokenizer, questions: list[str]):
 @pytest.fixture(scope="session")
 def mp4_videos(tmp_path_factory):
     """Real MP4 files (PyAV) of synthetic clips of different sizes and lengths."""
-    from vreason.data.synthetic import ClipSpec, render_frames, write_mp4
+    from vreason.data.synthetic import ClipSpec, write_clips
 
-    folder = tmp_path_factory.mktemp("videos")
-    clips = {
-        "right_red": ClipSpec("right", "red", 96, 64, 2),
-        "up_blue": ClipSpec("up", "blue", 64, 48, 3),
-        "left_green": ClipSpec("left", "green", 96, 64, 1),
-    }
-    paths = {}
-    for name, spec in clips.items():
-        paths[name] = folder / f"{name}.mp4"
-        write_mp4(paths[name], render_frames(spec))
-    return paths
+    return write_clips(
+        tmp_path_factory.mktemp("videos"),
+        {
+            "right_red": ClipSpec("right", "red", 96, 64, 2),
+            "up_blue": ClipSpec("up", "blue", 64, 48, 3),
+            "left_green": ClipSpec("left", "green", 96, 64, 1),
+        },
+    )
 
 
 def mp4_batch(processor, specs: list[tuple[str, object]], max_frames: int = 8):

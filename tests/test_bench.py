@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,42 @@ def test_targets_read_time_memory_and_batch_scaling():
     cfg.targets = [Target("full_k4", "batch_scaling", 6.0, at_least=True)]
     (scaling,) = evaluate_targets(cfg, result)
     assert not scaling["met"] and scaling["margin"] == pytest.approx(-1.0)
+
+
+def test_gpu_config_runs_end_to_end_at_toy_size_on_cpu(tmp_path):
+    """The 7B config's own pipeline (bfloat16, two video settings, every target) with its sizes shrunk
+    and the device moved to CPU: what a GPU session runs, short of CUDA itself."""
+    shrink = [
+        "model.device=cpu",
+        "model.text.vocab_size=512",
+        "model.text.hidden_size=64",
+        "model.text.intermediate_size=128",
+        "model.text.num_hidden_layers=2",
+        "model.text.num_attention_heads=4",
+        "model.text.num_key_value_heads=2",
+        "model.text.mrope_section=[4,2,2]",
+        "model.vision.depth=2",
+        "model.vision.hidden_size=32",
+        "model.vision.intermediate_size=64",
+        "model.vision.num_heads=2",
+        "model.vision.out_hidden_size=64",
+        "model.vision.fullatt_block_indexes=[1]",
+        "variants=[generate,loop_off,full_k4,lite_k4]",
+        "max_new_tokens=5",
+        "repeats=1",
+        "warmup_tokens=2",
+        "throughput.batch_sizes=[1,2]",
+        "throughput.max_new_tokens=5",
+        "threads=1",
+    ]
+    config = CONFIGS / "qwen2.5-vl-7b-arch.yaml"
+    videos = [{**asdict(v), "frames": 4} for v in load_config(config).videos]  # the paper's frame sizes
+    shrink.append("videos=" + json.dumps(videos))
+    assert load_config(config, shrink).model.dtype == "bfloat16"
+    report = run_benchmark(config, shrink, tmp_path, "pytest", memory=False, log=lambda line: None)
+    assert [s["setting"]["name"] for s in report["settings"]] == ["16f-256x28x28", "32f-128x28x28"]
+    for setting in report["settings"]:
+        assert setting["loop_off_tokens_match_generate"] is True
+        metrics = {(t["variant"], t["metric"]) for t in setting["targets"]}
+        assert {("full_k4", "per_token_ratio"), ("full_k4", "batch_scaling")} <= metrics
+    assert (tmp_path / "qwen2.5-vl-7b-arch.md").is_file()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import lm_batch, mp4_batch
@@ -96,6 +98,31 @@ def test_controller_off_matches_generate_text_lm_batch(tiny_lm, method):
         assert trace.token_ids == expected_tokens[row, :n].tolist()
     for ours, theirs in zip(rec.logits, expected_logits, strict=False):
         assert torch.equal(ours, theirs)
+
+
+@pytest.fixture(scope="module")
+def bf16_vl(tiny_vl):
+    """The tiny Qwen2.5-VL in bfloat16, the dtype users run the real model in."""
+    model, _ = tiny_vl
+    return copy.deepcopy(model).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize(
+    "controller", [None, ValueCacheController(), KeyCacheController()], ids=["off", "value", "key"]
+)
+def test_bfloat16_controller_off_matches_generate_and_on_steers(bf16_vl, video_inputs, controller):
+    expected_tokens, expected_logits = generate_reference(bf16_vl, video_inputs)
+    method = frozen(controller) if controller is not None else None
+    with ForwardRecorder(bf16_vl) as rec:
+        trace = Decoder(bf16_vl, method, greedy()).generate(video_inputs)[0]
+    assert trace.token_ids == expected_tokens[0].tolist()
+    for ours, theirs in zip(rec.logits, expected_logits, strict=True):
+        assert torch.equal(ours, theirs)
+    if controller is not None:
+        moving = Method(controller=type(controller)(), optimizer=OptimizerConfig(lr=0.05))
+        on = Decoder(bf16_vl, moving, greedy()).generate(video_inputs)[0]
+        assert on.controller_norm[-1] > 0 and on.faults == []
+        assert on.entropy[5:] != trace.entropy[5:]
 
 
 def test_controller_on_changes_decoding(tiny_vl, video_inputs):

@@ -14,7 +14,7 @@ import torch
 from vreason.data import video_reader
 from vreason.data.prompts import build_messages
 from vreason.data.records import Record
-from vreason.data.synthetic import ClipSpec, render_frames, write_mp4
+from vreason.data.synthetic import ClipSpec, render_frames, write_clips, write_mp4
 from vreason.data.video import (
     VideoConfig,
     expected_num_frames,
@@ -36,15 +36,14 @@ NATIVE = VideoConfig(min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28)
 def clips(tmp_path_factory) -> dict[str, Path]:
     """1 s and 2 s clips at 8 fps, of two frame sizes, plus broken files."""
     root = tmp_path_factory.mktemp("clips")
-    paths = {
-        "wide_1s": ClipSpec("right", "red", 96, 64, 1),
-        "small_2s": ClipSpec("up", "blue", 64, 48, 2),
-        "wide_3s": ClipSpec("left", "green", 96, 64, 3),
-    }
-    out = {}
-    for name, spec in paths.items():
-        out[name] = root / f"{name}.mp4"
-        write_mp4(out[name], render_frames(spec))
+    out = write_clips(
+        root,
+        {
+            "wide_1s": ClipSpec("right", "red", 96, 64, 1),
+            "small_2s": ClipSpec("up", "blue", 64, 48, 2),
+            "wide_3s": ClipSpec("left", "green", 96, 64, 3),
+        },
+    )
     out["one_frame"] = root / "one_frame.mp4"
     write_mp4(out["one_frame"], render_frames(ClipSpec("up", "red", 64, 48, 1))[:1])
     out["garbage"] = root / "garbage.mp4"

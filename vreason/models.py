@@ -8,6 +8,7 @@ processor, vision tower, M-RoPE and cache) with random weights and a byte-level 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,40 @@ def _spread_text_weights(modules: list[torch.nn.Module], std: float, seed: int) 
                     module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
 
 
+def qwen2_5_vl_config(
+    text: Mapping[str, Any], vision: Mapping[str, Any], tokenizer: PreTrainedTokenizerFast
+) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config of any size (untied LM head) whose special-token ids are ``tokenizer``'s.
+
+    ``text`` holds Qwen2.5-VL's text-config fields, with ``rope_theta`` (default 1e6) and
+    ``mrope_section`` (summing to head_dim / 2, e.g. [16, 24, 24] for head_dim 128) in place of
+    ``rope_parameters``; ``vision`` holds vision-config fields. Used by the tiny test model and by the
+    benchmark's full-size random models.
+    """
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text = dict(text)
+    rope = {
+        "rope_type": "default",
+        "rope_theta": text.pop("rope_theta", 1e6),
+        "mrope_section": list(text.pop("mrope_section")),
+    }
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            **text,
+            rope_parameters=rope,
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(vision),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
 def tiny_qwen2_5_vl(
     seed: int = 0,
     dims: TinyDims | None = None,
@@ -116,12 +151,10 @@ def tiny_qwen2_5_vl(
     """A random-weight Qwen2.5-VL (the real class) and a real Qwen2_5_VLProcessor around a byte tokenizer."""
     dims = dims or TinyDims()
     tok = byte_level_tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = dims.hidden_size // dims.num_attention_heads
     half = head_dim // 2
-    mrope = [half - 2 * (half // 3), half // 3, half // 3]  # sums to head_dim / 2, like [16, 24, 24]
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
+    config = qwen2_5_vl_config(
+        dict(
             vocab_size=len(tok),
             hidden_size=dims.hidden_size,
             intermediate_size=dims.intermediate_size,
@@ -129,12 +162,9 @@ def tiny_qwen2_5_vl(
             num_attention_heads=dims.num_attention_heads,
             num_key_value_heads=dims.num_key_value_heads,
             max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
+            mrope_section=[half - 2 * (half // 3), half // 3, half // 3],  # like [16, 24, 24]
         ),
-        vision_config=dict(
+        dict(
             depth=dims.vision_depth,
             hidden_size=dims.vision_hidden_size,
             intermediate_size=2 * dims.vision_hidden_size,
@@ -144,18 +174,14 @@ def tiny_qwen2_5_vl(
             window_size=112,
             tokens_per_second=2,
         ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+        tok,
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
     _spread_text_weights([model.model.language_model, model.lm_head], dims.text_init_std, seed)
     model = model.to(dtype).eval()
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
     processor = tiny_processor(tok, **video_processor_kwargs)
     return model, processor
 

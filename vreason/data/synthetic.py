@@ -81,6 +81,16 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
         container.mux(stream.encode())
 
 
+def write_clips(folder: str | Path, specs: dict[str, ClipSpec]) -> dict[str, Path]:
+    """Render and encode each named clip as ``folder/<name>.mp4``; returns the paths by name."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {name: folder / f"{name}.mp4" for name in specs}
+    for name, spec in specs.items():
+        write_mp4(paths[name], render_frames(spec))
+    return paths
+
+
 def _options(choices: list[str]) -> list[str]:
     return [f"{letter}. {choice}" for letter, choice in zip("ABCD", choices, strict=True)]
 
