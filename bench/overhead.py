@@ -688,15 +688,6 @@ def _labelled_classes():
             with record_function("loop.optimize (backward + clip + AdamW)"):
                 return super()._optimize(*args)
 
-        def _finished(self, *args):
-            with record_function("loop.finished"):
-                return super()._finished(*args)
-
-        @staticmethod
-        def _record(*args):
-            with record_function("loop.record (trace)"):
-                return Decoder._record(*args)
-
     class LabelledValueCache(ValueCacheController):
         def _transform(self, keys, values):
             with record_function("controller.steer (Eq. 1, inside the forward)"):
@@ -760,7 +751,9 @@ def profile_decode(model, cfg: BenchConfig, inputs: Mapping[str, Tensor], out_di
             if e.key.startswith(("loop.", "controller.", "model.forward"))
         }
         top_level = sum(v for k, v in parts.items() if not k.startswith("controller."))
-        parts["loop, rest (entropy, EMA, objective, sampling, cats)"] = max(0.0, decode_us - top_level)
+        parts["loop, rest (entropy, EMA, objective, sampling, host read, trace, cats)"] = max(
+            0.0, decode_us - top_level
+        )
         ops = sorted(
             (e for e in averages if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total
         )
