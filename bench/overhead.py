@@ -59,6 +59,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from vreason.data.prompts import build_text_messages
+from vreason.data.synthetic import pattern_frames
+from vreason.data.video import prepare_text_inputs
 from vreason.memory import proc_status_kib, reset_peak_memory, synchronize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -315,15 +318,6 @@ def random_qwen2_5_vl(
     return model, tokenizer
 
 
-def synthetic_video(frames: int, height: int, width: int, seed: int) -> Tensor:
-    """[frames, 3, height, width] uint8: a smooth random pattern whose colours drift over time."""
-    generator = torch.Generator().manual_seed(seed)
-    base = torch.rand(1, 3, height // 8 + 1, width // 8 + 1, generator=generator)
-    up = torch.nn.functional.interpolate(base, size=(height, width), mode="bilinear", align_corners=False)
-    shift = torch.linspace(0, 1, frames).view(frames, 1, 1, 1)
-    return ((up + shift) % 1.0 * 255).to(torch.uint8)
-
-
 def settings(cfg: BenchConfig) -> list[VideoSetting | None]:
     return list(cfg.videos) or [None]
 
@@ -336,12 +330,7 @@ def make_inputs(cfg: BenchConfig, tokenizer, setting: VideoSetting | None, batch
     """A batch of the same question; for video, sample i gets the synthetic video of seed ``seed + i``
     (same length, so no padding)."""
     if setting is None:
-        messages = [{"role": "user", "content": cfg.question}]
-        if tokenizer.chat_template:
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        else:
-            text = cfg.question
-        return dict(tokenizer([text] * batch, return_tensors="pt", padding=True, add_special_tokens=False))
+        return dict(prepare_text_inputs(tokenizer, [build_text_messages(cfg.question)] * batch))
     from vreason.models import tiny_processor
 
     processor = tiny_processor(
@@ -350,7 +339,7 @@ def make_inputs(cfg: BenchConfig, tokenizer, setting: VideoSetting | None, batch
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": cfg.question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     videos = [
-        synthetic_video(setting.frames, setting.height, setting.width, cfg.model.seed + i)
+        pattern_frames(setting.frames, setting.height, setting.width, cfg.model.seed + i)
         for i in range(batch)
     ]
     inputs = processor(

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from vreason.data.synthetic import pattern_frames
 from vreason.models import tiny_qwen2_5_vl, tiny_text_lm
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -25,13 +26,32 @@ def tiny_lm():
     return tiny_text_lm(seed=0)
 
 
-def frames(n: int, height: int, width: int, seed: int) -> torch.Tensor:
-    """[n, 3, h, w] uint8 frames of a smooth random pattern (a stand-in where no file is needed)."""
-    generator = torch.Generator().manual_seed(seed)
-    base = torch.rand(1, 3, height // 8 + 1, width // 8 + 1, generator=generator)
-    up = torch.nn.functional.interpolate(base, size=(height, width), mode="bilinear", align_corners=False)
-    shift = torch.linspace(0, 1, n).view(n, 1, 1, 1)
-    return ((up + shift) % 1.0 * 255).to(torch.uint8)
+frames = pattern_frames  # [n, 3, h, w] uint8 stand-in video frames
+
+
+def prefill(model, inputs, cache):
+    """Prefill ``inputs`` into ``cache`` as the engine does (no autograd).
+
+    Returns the prompt's position ids and the greedy first token [batch, 1].
+    """
+    from vreason.engine import prefill_position_ids
+
+    position_ids = prefill_position_ids(model, inputs)
+    with torch.no_grad():
+        out = model(**inputs, position_ids=position_ids, past_key_values=cache, use_cache=True)
+    return position_ids, out.logits[:, -1].argmax(-1, keepdim=True)
+
+
+def decode_logits(model, token, prompt_mask, position_ids, cache):
+    """Last-position logits of the forward that decodes ``token`` [batch, 1] right after the prompt
+    (``prompt_mask`` and ``position_ids`` are the prompt's; grad mode is the caller's)."""
+    return model(
+        input_ids=token,
+        attention_mask=torch.cat([prompt_mask, torch.ones_like(token)], dim=1),
+        position_ids=position_ids[..., -1:] + 1,
+        past_key_values=cache,
+        use_cache=True,
+    ).logits[:, -1]
 
 
 def vl_batch(processor, specs: list[tuple[str, torch.Tensor]]):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import frames, lm_batch, vl_batch
+from conftest import decode_logits, frames, lm_batch, prefill, vl_batch
 from transformers import DynamicCache
 
 from vreason.controllers import CONTROLLERS
 from vreason.controllers.hidden_state import HiddenStateController
 from vreason.controllers.key_cache import KeyCacheController
 from vreason.controllers.value_cache import ValueCacheController, masked_norm
-from vreason.engine import entropy_of, prefill_position_ids
+from vreason.engine import entropy_of
 from vreason.positions import select_positions
 
 
@@ -62,10 +62,7 @@ def test_lite_reference_is_the_unpruned_norm(tiny_vl):
     model, processor = tiny_vl
     inputs = vl_batch(processor, [("q", frames(4, 56, 84, seed=5))])
     cache = DynamicCache(config=model.config)
-    with torch.no_grad():
-        model(
-            **inputs, position_ids=prefill_position_ids(model, inputs), past_key_values=cache, use_cache=True
-        )
+    prefill(model, inputs, cache)
     positions = select_positions("video", model, inputs)
     controller = ValueCacheController()
     controller.measure(model, cache, positions)
@@ -82,24 +79,14 @@ def entropy_after_one_step(model, inputs, controller, positions_name: str, alpha
     """Entropy of the first decode step before and after one AdamW step on -alpha * H."""
     model.requires_grad_(False)  # as the engine does: gradients reach only the controller
     cache = DynamicCache(config=model.config)
-    position_ids = prefill_position_ids(model, inputs)
-    with torch.no_grad():
-        out = model(**inputs, position_ids=position_ids, past_key_values=cache, use_cache=True)
-    token = out.logits[:, -1].argmax(-1, keepdim=True)
+    position_ids, token = prefill(model, inputs, cache)
     positions = select_positions(positions_name, model, inputs)
     controller.measure(model, cache, positions)
     controller.attach(model, cache, positions)
-    mask = torch.cat([inputs["attention_mask"], torch.ones_like(token)], dim=1)
 
     def entropy():
         with controller.applied():
-            logits = model(
-                input_ids=token,
-                attention_mask=mask,
-                position_ids=position_ids[..., -1:] + 1,
-                past_key_values=cache,
-                use_cache=True,
-            ).logits[:, -1]
+            logits = decode_logits(model, token, inputs["attention_mask"], position_ids, cache)
         cache.crop(-1)  # drop the decoded token: every call sees the same cache
         return entropy_of(logits)
 

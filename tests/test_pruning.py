@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import frames, vl_batch
+from conftest import decode_logits, frames, prefill, vl_batch
 from transformers import DynamicCache
 
 from vreason.controllers.value_cache import ValueCacheController
-from vreason.engine import Decoder, Method, OptimizerConfig, prefill_position_ids
+from vreason.engine import Decoder, Method, OptimizerConfig
 from vreason.positions import select_positions
 from vreason.pruning import L2NormPruner, evict, keep_index
 from vreason.sampling import SamplingConfig
@@ -50,12 +50,9 @@ def test_physical_eviction_equals_attention_masking_logits(tiny_vl, batch_inputs
     """One decode step after evicting positions vs keeping them and masking them out."""
     model, _ = tiny_vl
     inputs = batch_inputs
-    position_ids = prefill_position_ids(model, inputs)
     caches = [DynamicCache(config=model.config) for _ in range(2)]
     for cache in caches:
-        with torch.no_grad():
-            out = model(**inputs, position_ids=position_ids, past_key_values=cache, use_cache=True)
-    token = out.logits[:, -1].argmax(-1, keepdim=True)
+        position_ids, token = prefill(model, inputs, cache)
     positions = select_positions("video", model, inputs)
     keep = L2NormPruner(keep_ratio=0.5).select(caches[0], positions)
     assert 0 < int((~keep).sum()) < int(positions.sum())
@@ -66,16 +63,8 @@ def test_physical_eviction_equals_attention_masking_logits(tiny_vl, batch_inputs
     masked_mask = inputs["attention_mask"] * keep
     logits = []
     for cache, mask in ((caches[0], evicted_mask), (caches[1], masked_mask)):
-        step_mask = torch.cat([mask, torch.ones_like(token)], dim=1)
         with torch.no_grad():
-            out = model(
-                input_ids=token,
-                attention_mask=step_mask,
-                position_ids=position_ids[..., -1:] + 1,
-                past_key_values=cache,
-                use_cache=True,
-            )
-        logits.append(out.logits[:, -1])
+            logits.append(decode_logits(model, token, mask, position_ids, cache))
     assert caches[0].get_seq_length() < caches[1].get_seq_length()
     torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
 

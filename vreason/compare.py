@@ -9,6 +9,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from vreason import analysis
+from vreason.tracking import experiment_id
 
 COMPARE_EXPERIMENT = "vreason-compare"
 
@@ -41,11 +42,9 @@ def compare_runs(
 
 def _log(runs: list[analysis.Run], table, tracking_uri: str) -> str:
     client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(COMPARE_EXPERIMENT)
-    experiment_id = found.experiment_id if found else client.create_experiment(COMPARE_EXPERIMENT)
     labels = analysis.run_labels(runs)
     run = client.create_run(
-        experiment_id,
+        experiment_id(client, COMPARE_EXPERIMENT),
         run_name=" vs ".join(labels),
         tags={"compared_run_ids": ",".join(r.run_id or "" for r in runs), "baseline": labels[0]},
     )

@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -195,6 +195,7 @@ class Decoder:
             )
         attention_mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
         synchronize(self.device)
+        prompt_tokens = attention_mask.sum(dim=1).tolist()  # before Lite evicts anything
         prefill_seconds = time.perf_counter() - start
 
         controller = self.method.controller
@@ -217,7 +218,6 @@ class Decoder:
                 controller.detach()
         synchronize(self.device)
         seconds = time.perf_counter() - start
-        prompt_tokens = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).sum(dim=1).tolist()
         peak_mb = peak_memory_bytes(self.device) / 2**20
         for trace, prompt, cached in zip(traces, prompt_tokens, cached_prompt_tokens, strict=True):
             trace.prompt_tokens, trace.cached_prompt_tokens = int(prompt), int(cached)
@@ -267,7 +267,14 @@ class Decoder:
             sequences = torch.cat([sequences, token[:, None]], dim=-1)
             stop = self.stop(sequences, None) if len(self.stop) else torch.zeros_like(finite)
             host = StepOnHost.read(
-                token, entropy, state.ema, alpha, finite, loss, torch.isin(token, eos), stop
+                token=token,
+                entropy=entropy,
+                ema=state.ema,
+                alpha=alpha,
+                finite=finite,
+                loss_finite=torch.isfinite(loss.detach()),
+                eos=torch.isin(token, eos),
+                stop=stop,
             )
 
             # Rows with NaN/Inf logits: record the fault and put the controller back to its value before
@@ -373,8 +380,10 @@ class Decoder:
             rows[take] = True
             with torch.enable_grad():
                 loss.where(rows.to(loss.device), 0.0).sum().backward()
-            grads = {row: [p.grad for p in controller.sample_parameters(row)] for row in take}
-            grad_norms = {row: torch.nn.utils.get_total_norm(g) for row, g in grads.items()}
+            grad_norms = {
+                row: torch.nn.utils.get_total_norm([p.grad for p in controller.sample_parameters(row)])
+                for row in take
+            }
             finite = torch.isfinite(torch.stack(list(grad_norms.values()))).tolist()
             for (row, norm), ok in zip(grad_norms.items(), finite, strict=True):
                 params = controller.sample_parameters(row)
@@ -419,27 +428,11 @@ class StepOnHost:
     stop: list[bool]  # a stop string completed
 
     @classmethod
-    def read(
-        cls,
-        token: Tensor,
-        entropy: Tensor,
-        ema: Tensor,
-        alpha: Tensor,
-        finite: Tensor,
-        loss: Tensor,
-        eos: Tensor,
-        stop: Tensor,
-    ) -> StepOnHost:
-        values = [token, entropy, ema, alpha, finite, torch.isfinite(loss.detach()), eos, stop]
-        rows = torch.stack([v.detach().to(torch.float64) for v in values]).tolist()  # ids < 2**53: exact
-        token_, entropy_, ema_, alpha_, finite_, loss_finite, eos_, stop_ = rows
+    def read(cls, **values: Tensor) -> StepOnHost:
+        """``values``: one [batch] tensor per field, by name. float64 keeps token ids (< 2**53) exact."""
+        names = [f.name for f in fields(cls)]
+        rows = torch.stack([values[name].detach().to(torch.float64) for name in names]).tolist()
+        cast = {"list[int]": int, "list[float]": float, "list[bool]": bool}
         return cls(
-            token=[int(x) for x in token_],
-            entropy=entropy_,
-            ema=ema_,
-            alpha=[int(x) for x in alpha_],
-            finite=[bool(x) for x in finite_],
-            loss_finite=[bool(x) for x in loss_finite],
-            eos=[bool(x) for x in eos_],
-            stop=[bool(x) for x in stop_],
+            **{f.name: [cast[f.type](x) for x in row] for f, row in zip(fields(cls), rows, strict=True)}
         )

@@ -8,7 +8,6 @@ takes gradient steps inside predict.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from vreason.data.video import (
     load_videos,
     prepare_text_inputs,
     video_element_options,
+    video_tokens,
 )
 from vreason.data.video_reader import LoadedVideo
 from vreason.engine import Decoder, SampleTrace
@@ -67,7 +67,7 @@ class RecordCollator:
         videos = load_videos(messages) if self.multimodal else []
         for video in videos:
             n_frames, _, height, width = video.frames.shape  # already sampled and resized
-            tokens = math.ceil(n_frames / 2) * (height // 28) * (width // 28)
+            tokens = video_tokens(n_frames, height, width)
             budget = self.video.max_video_tokens
             if budget is not None and tokens > budget:
                 raise ValueError(

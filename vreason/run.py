@@ -24,7 +24,7 @@ from vreason.lightning import PredictionWriter, ProgressBar, RecordCollator, Rec
 from vreason.models import build_model, is_multimodal
 from vreason.predictions import PredictionStore
 from vreason.sampling import SamplingConfig
-from vreason.tracking import Tracker, flatten, log_results
+from vreason.tracking import Tracker, flatten, log_results, summary_metrics
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,9 @@ def load_experiment_records(cfg: DictConfig) -> list[Record]:
         elif name == "arithmetic":
             found = arithmetic_problems(cfg.data.synthetic_size, seed=cfg.seed)
         else:
-            try:
+            try:  # an unknown benchmark or an unreadable file fails here, before the model loads
                 found = load_records(resolve_benchmark_file(root, name), name)
-            except (
-                KeyError,
-                ValueError,
-            ) as err:  # unknown benchmark, unreadable file: before the model loads
+            except (KeyError, ValueError) as err:
                 raise ConfigError(f"data.benchmarks: {err.args[0] if err.args else err}") from err
         records.extend(found[: cfg.data.limit] if cfg.data.limit else found)
     return records
@@ -111,8 +108,6 @@ def run_experiment(cfg: DictConfig) -> dict[str, float] | None:
     wanted = {r.sample_id for r in records}
     predictions = [p for p in store.load() if p["sample_id"] in wanted]
     if tracker is None:
-        from vreason.tracking import summary_metrics
-
         return summary_metrics(predictions)
     metrics = log_results(tracker, predictions, merged, run_name=cfg.tracking.run_name or cfg.name)
     tracker.finish()

@@ -40,6 +40,12 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): value[:6000]}
 
 
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of the MLflow experiment ``name``, created if it does not exist yet."""
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
 class Tracker:
     """One MLflow run for one experiment output directory."""
 
@@ -47,8 +53,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         self.output_dir = output_dir
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.experiment_id = experiment_id(self.client, experiment)
         self.run_id: str | None = None
 
     def start(self, run_name: str | None, tags: dict[str, str]) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
 
 FPS = 8
 SIZES = ((96, 64), (64, 48))  # (width, height); both even, as yuv420p needs
@@ -79,6 +80,16 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
+
+
+def pattern_frames(n: int, height: int, width: int, seed: int) -> torch.Tensor:
+    """[n, 3, height, width] uint8 frames of a smooth random pattern whose colours drift over time: a
+    stand-in video where no file is needed (tests, benchmarks)."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, height // 8 + 1, width // 8 + 1, generator=generator)
+    up = torch.nn.functional.interpolate(base, size=(height, width), mode="bilinear", align_corners=False)
+    shift = torch.linspace(0, 1, n).view(n, 1, 1, 1)
+    return ((up + shift) % 1.0 * 255).to(torch.uint8)
 
 
 def write_clips(folder: str | Path, specs: dict[str, ClipSpec]) -> dict[str, Path]:

@@ -93,10 +93,14 @@ def expected_num_frames(duration_s: float, total_frames: int, cfg: VideoConfig) 
     return n
 
 
+def video_tokens(n_frames: int, height: int, width: int) -> int:
+    """LLM tokens of ``n_frames`` frames already resized to ``height`` x ``width``: ceil(n/2) * (H/28) * (W/28)."""
+    return math.ceil(n_frames / TEMPORAL_PATCH) * (height // PATCH_FACTOR) * (width // PATCH_FACTOR)
+
+
 def expected_video_tokens(n_frames: int, height: int, width: int, cfg: VideoConfig) -> int:
-    """LLM tokens for ``n_frames`` frames of a ``height`` x ``width`` video: ceil(n/2) * (H'/28) * (W'/28)."""
-    resized_h, resized_w = resized_frame_size(height, width, n_frames, video_element_options(cfg))
-    return math.ceil(n_frames / TEMPORAL_PATCH) * (resized_h // PATCH_FACTOR) * (resized_w // PATCH_FACTOR)
+    """LLM tokens for ``n_frames`` frames of a ``height`` x ``width`` video, after ``cfg``'s resizing."""
+    return video_tokens(n_frames, *resized_frame_size(height, width, n_frames, video_element_options(cfg)))
 
 
 def video_elements(messages: list[dict]) -> list[dict[str, Any]]:
