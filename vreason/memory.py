@@ -3,6 +3,10 @@
 CUDA: the caching allocator's peak of allocated memory. CPU (Linux): the process's peak resident set
 (``VmHWM``), which the kernel resets to the current RSS when "5" is written to
 ``/proc/self/clear_refs``. Without /proc, the peak over the process's life (``ru_maxrss``).
+
+Both marks are process-wide, and ``Decoder.generate`` resets the one of its device at the start of
+each call: a measurement around a call reads the peak after it and compares it with what it saw
+before the call (as the benchmark's memory probe does), never with a peak taken earlier.
 """
 
 from __future__ import annotations
