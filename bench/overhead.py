@@ -380,7 +380,7 @@ class ForeignLoad:
 
 class ForwardClock:
     """Hooks on the top-level model: timestamps of every forward's start, the end of the first (prefill)
-    forward, whether each forward ran with autograd on, and the cache the forwards write into."""
+    forward, and whether each forward ran with autograd on."""
 
     def __init__(self, model: torch.nn.Module, on_decode_start: Callable[[], None] | None = None) -> None:
         self.model, self.on_decode_start = model, on_decode_start
@@ -389,7 +389,6 @@ class ForwardClock:
         self.cpu_starts: list[float] = []  # process CPU time: what the run computed, not how long it waited
         self.ends: list[float] = []
         self.grad: list[bool] = []
-        self.cache = None
 
     def __enter__(self) -> ForwardClock:
         self._handles = [
@@ -408,7 +407,6 @@ class ForwardClock:
         self.starts.append(time.perf_counter())
         self.cpu_starts.append(time.process_time())
         self.grad.append(torch.is_grad_enabled())
-        self.cache = kwargs.get("past_key_values", self.cache)
         if len(self.starts) == 2 and self.on_decode_start is not None:
             self.on_decode_start()
 
@@ -419,10 +417,6 @@ class ForwardClock:
     @property
     def prefill_end(self) -> float:
         return self.ends[0]
-
-    def kv_cache_bytes(self) -> int:
-        layers = getattr(self.cache, "layers", [])
-        return sum(t.nbytes for layer in layers for t in (layer.keys, layer.values) if isinstance(t, Tensor))
 
 
 @dataclass
@@ -485,7 +479,9 @@ def run_variant(
     controller_class: type | None = None,
 ) -> Run:
     """Run ``variant`` once and time it; fails if any sample made other than ``new_tokens`` tokens."""
-    from vreason.engine import Decoder
+    from transformers import DynamicCache
+
+    from vreason.engine import Decoder, cache_argument, cache_bytes
     from vreason.sampling import SamplingConfig
 
     if new_tokens < 2:
@@ -520,17 +516,23 @@ def run_variant(
     with ForwardClock(model, decode_started) as clock:
         start = time.perf_counter()
         if variant.uses_generate:
+            cache = DynamicCache(config=model.config)  # ours, to measure it afterwards
             with torch.no_grad():
                 out = model.generate(
-                    **inputs, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens
+                    **inputs,
+                    do_sample=False,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    **{cache_argument(model): cache},
                 )
             token_ids = out[:, inputs["input_ids"].shape[1] :].tolist()
-            optimised, faults = [0], 0
+            optimised, faults, kv_bytes = [0], 0, cache_bytes(cache)
         else:
             traces = decoder.generate(inputs, seed=seed)
             token_ids = [t.token_ids for t in traces]
             optimised = [sum(t.optimized) for t in traces]
             faults = sum(len(t.faults) for t in traces)
+            kv_bytes = round(traces[0].kv_cache_mb * 2**20)
         synchronize(device)
         end, cpu_end = time.perf_counter(), time.process_time()
     lengths = {len(ids) for ids in token_ids}
@@ -557,7 +559,7 @@ def run_variant(
         opt_step_s=statistics.median(opt) if opt else None,
         optimisation_steps=max(optimised),
         faults=faults,
-        kv_cache_bytes=clock.kv_cache_bytes(),
+        kv_cache_bytes=kv_bytes,
         other_load=load.summary()["other_processes_share"] if load is not None else None,
         token_ids=token_ids,
     )

@@ -34,23 +34,26 @@ def prefill(model, inputs, cache):
 
     Returns the prompt's position ids and the greedy first token [batch, 1].
     """
-    from vreason.engine import prefill_position_ids
+    from vreason.engine import cache_argument
+    from vreason.families import prefill_position_ids
 
     position_ids = prefill_position_ids(model, inputs)
     with torch.no_grad():
-        out = model(**inputs, position_ids=position_ids, past_key_values=cache, use_cache=True)
+        out = model(**inputs, position_ids=position_ids, use_cache=True, **{cache_argument(model): cache})
     return position_ids, out.logits[:, -1].argmax(-1, keepdim=True)
 
 
 def decode_logits(model, token, prompt_mask, position_ids, cache):
     """Last-position logits of the forward that decodes ``token`` [batch, 1] right after the prompt
     (``prompt_mask`` and ``position_ids`` are the prompt's; grad mode is the caller's)."""
+    from vreason.engine import cache_argument
+
     return model(
         input_ids=token,
         attention_mask=torch.cat([prompt_mask, torch.ones_like(token)], dim=1),
         position_ids=position_ids[..., -1:] + 1,
-        past_key_values=cache,
         use_cache=True,
+        **{cache_argument(model): cache},
     ).logits[:, -1]
 
 

@@ -144,3 +144,35 @@ def test_steered_block_is_reused_until_the_offset_changes():
     assert torch.equal(moved[0], first[0]) and not torch.equal(moved[1], first[1])
     with torch.enable_grad():  # optimisation steps always recompute, with the graph to ΔV
         assert controller._steered_prompt(stored).requires_grad
+
+
+@pytest.mark.parametrize("norm_dims", ["block", "head", "token"])
+@pytest.mark.parametrize("controller_cls", [ValueCacheController, KeyCacheController], ids=["value", "key"])
+def test_every_norm_choice_takes_its_steps_and_moves_the_offset(tiny_vl, controller_cls, norm_dims):
+    """Not only the forward: every optimisation step of the decode is taken (finite gradient, no
+    fault) and moves ΔV. A per-token norm once had an infinite sqrt derivative outside the video mask."""
+    from conftest import mp4_batch
+
+    from vreason.data.synthetic import ClipSpec, write_clips
+    from vreason.engine import Decoder, Method, OptimizerConfig
+    from vreason.sampling import SamplingConfig
+
+    model, processor = tiny_vl
+    video = write_clips(_clip_dir(), {"clip": ClipSpec("right", "red", 96, 64, 2)})["clip"]
+    method = Method(controller=controller_cls(norm_dims=norm_dims), optimizer=OptimizerConfig(lr=0.1))
+    sampling = SamplingConfig(do_sample=False, max_new_tokens=20)
+    trace = Decoder(model, method, sampling, eos_token_id=[]).generate(mp4_batch(processor, [("?", video)]))[
+        0
+    ]
+    assert trace.faults == []
+    assert sum(trace.optimized) == 5  # tokens 4, 8, 12, 16, 20
+    steps = [n for n, flag in enumerate(trace.optimized) if flag]
+    norms = [0.0, *trace.controller_norm]
+    assert all(norms[n + 1] != norms[n] for n in steps)  # each step moved ΔV
+    assert trace.controller_norm[-1] > 0
+
+
+def _clip_dir():
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="vreason-clip-")

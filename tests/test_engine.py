@@ -7,11 +7,13 @@ import copy
 import pytest
 import torch
 from conftest import lm_batch, mp4_batch
+from transformers import DynamicCache
 
 from vreason.controllers.hidden_state import HiddenStateController
 from vreason.controllers.key_cache import KeyCacheController
 from vreason.controllers.value_cache import ValueCacheController
-from vreason.engine import Decoder, Method, OptimizerConfig
+from vreason.engine import Decoder, Method, OptimizerConfig, cache_argument
+from vreason.families import prefill_position_ids
 from vreason.objectives.max_entropy import MaxEntropyObjective
 from vreason.objectives.switching import SwitchingObjective
 from vreason.pruning import L2NormPruner
@@ -74,12 +76,60 @@ def video_inputs(tiny_vl, mp4_videos):
     ids=["off", "value_lr0", "key_lr0", "hidden_lr0", "lite_keep_all"],
 )
 def test_controller_off_matches_generate_video(tiny_vl, video_inputs, method):
+    """A 2 s clip, where transformers' positions agree with the trained rule (test_families.py)."""
     model, _ = tiny_vl
     expected_tokens, expected_logits = generate_reference(model, video_inputs)
     with ForwardRecorder(model) as rec:
         trace = Decoder(model, method, greedy()).generate(video_inputs)[0]
     assert trace.token_ids == expected_tokens[0].tolist()
     assert len(rec.logits) == len(expected_logits)
+    for ours, theirs in zip(rec.logits, expected_logits, strict=True):
+        assert torch.equal(ours, theirs)
+
+
+def plain_decode(model, inputs, n: int = N_TOKENS):
+    """The reference for videos, where ``generate``'s positions are wrong: a greedy loop over the bare
+    model with the trained positions (``prefill_position_ids``), counting on by one per token."""
+    position_ids = prefill_position_ids(model, inputs)
+    cache = DynamicCache(config=model.config)
+    mask, tokens, logits = inputs["attention_mask"], [], []
+    with torch.no_grad():
+        out = model(
+            **inputs,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_argument(model): cache},
+        )
+        for step in range(n):
+            logits.append(out.logits[:, -1].float())
+            tokens.append(int(out.logits[0, -1].argmax()))
+            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+            if step < n - 1:
+                out = model(
+                    input_ids=torch.tensor([[tokens[-1]]]),
+                    attention_mask=mask,
+                    position_ids=position_ids[..., -1:] + 1 + step,
+                    use_cache=True,
+                    **{cache_argument(model): cache},
+                )
+    return tokens, logits
+
+
+@pytest.mark.parametrize(
+    "method",
+    [None, frozen(ValueCacheController()), Method(pruner=L2NormPruner(keep_ratio=1.0))],
+    ids=["off", "value_lr0", "lite_keep_all"],
+)
+def test_controller_off_matches_a_plain_decode_on_a_multi_second_video(tiny_vl, mp4_videos, method):
+    """A 3 s clip, where transformers' positions are wrong (test_families.py): the reference is a plain
+    decode with the trained positions, and the eos token is disabled so that all N_TOKENS are compared."""
+    model, processor = tiny_vl
+    inputs = mp4_batch(processor, [("Which way does the square move?", mp4_videos["up_blue"])])
+    expected_tokens, expected_logits = plain_decode(model, inputs)
+    with ForwardRecorder(model) as rec:
+        trace = Decoder(model, method, greedy(), eos_token_id=[]).generate(inputs)[0]
+    assert trace.token_ids == expected_tokens
     for ours, theirs in zip(rec.logits, expected_logits, strict=True):
         assert torch.equal(ours, theirs)
 
@@ -133,8 +183,11 @@ def test_controller_on_changes_decoding(tiny_vl, video_inputs):
         model, Method(controller=ValueCacheController(), optimizer=OptimizerConfig(lr=0.05)), greedy()
     ).generate(video_inputs)[0]
     assert on.controller_norm[-1] > 0
-    assert on.entropy[:5] == off.entropy[:5]  # token 5 is the first from an optimisation step
-    assert on.entropy[5:] != off.entropy[5:]
+    # token 4 is the first optimisation step (k = 4): its distribution is still unsteered, the update
+    # after it steers token 5 on
+    assert on.optimized.index(True) == 3
+    assert on.entropy[:4] == off.entropy[:4]
+    assert on.entropy[4:] != off.entropy[4:]
 
 
 def test_optimisation_steps_follow_step_size(tiny_vl, video_inputs):
@@ -146,7 +199,7 @@ def test_optimisation_steps_follow_step_size(tiny_vl, video_inputs):
     )
     trace = Decoder(model, method, greedy(20)).generate(video_inputs)[0]
     steps = [n for n, flag in enumerate(trace.optimized, start=1) if flag]
-    assert steps == list(range(4, len(trace.token_ids) + 1, 3))  # token n comes from decode step n - 1
+    assert steps == list(range(3, len(trace.token_ids) + 1, 3))  # tokens k, 2k, 3k (Algorithm 1)
 
 
 def test_batch_matches_single_runs(tiny_vl, mp4_videos):
@@ -199,7 +252,7 @@ def test_a_sample_sitting_out_a_step_keeps_its_controller_and_the_others_step(ti
     inputs = mp4_batch(
         processor, [("Which way?", mp4_videos["right_red"]), ("Colour?", mp4_videos["up_blue"])]
     )
-    schedule = FixedStepSchedule(step_size=2)  # optimisation steps make tokens 3, 5, 7, ...
+    schedule = FixedStepSchedule(step_size=2)  # optimisation steps at tokens 2, 4, 6, ...
     opt = OptimizerConfig(lr=0.02)
 
     def run(objective):
@@ -209,11 +262,11 @@ def test_a_sample_sitting_out_a_step_keeps_its_controller_and_the_others_step(ti
         return Decoder(model, method, greedy(12)).generate(inputs, keys=["a", "b"])
 
     skipping, paper = run(SecondStepWithoutFirstSample()), run(SwitchingObjective())
-    sat_out = skipping[0]
-    assert sat_out.alpha[4] == 0 and not sat_out.optimized[4]
-    assert sat_out.optimized[2] and sat_out.optimized[6]
-    assert sat_out.controller_norm[4] == sat_out.controller_norm[3] > 0
-    assert sat_out.controller_norm[6] != sat_out.controller_norm[5]
+    sat_out = skipping[0]  # list index = token - 1
+    assert sat_out.alpha[3] == 0 and not sat_out.optimized[3]
+    assert sat_out.optimized[1] and sat_out.optimized[5]
+    assert sat_out.controller_norm[3] == sat_out.controller_norm[2] > 0
+    assert sat_out.controller_norm[5] != sat_out.controller_norm[4]
     assert skipping[1].token_ids == paper[1].token_ids
     assert skipping[1].controller_norm == paper[1].controller_norm
 

@@ -59,8 +59,9 @@ def test_nan_logits_are_recorded_and_generation_continues(tiny_vl, two_samples):
     assert all(math.isfinite(x) for x in hurt[0].ema) and all(
         math.isfinite(x) for x in hurt[0].controller_norm
     )
-    # the controller went back to its value before its last step (token 5's step)
-    assert hurt[0].controller_norm[5] == pytest.approx(clean[0].controller_norm[3])
+    # the controller went back to its value before its last step (token 4's step), i.e. after token 2's
+    assert hurt[0].controller_norm[5] == pytest.approx(clean[0].controller_norm[2])
+    assert clean[0].controller_norm[2] != clean[0].controller_norm[3]
     # the other sample of the batch is untouched
     assert hurt[1].token_ids == clean[1].token_ids and hurt[1].faults == []
     torch.testing.assert_close(torch.tensor(hurt[1].entropy), torch.tensor(clean[1].entropy))
@@ -86,7 +87,8 @@ def test_nan_gradient_skips_the_step_and_keeps_the_controller(tiny_vl, two_sampl
 
     controller.attach = attach_with_poisoned_grad
     trace = Decoder(model, m, GREEDY).generate(two_samples)[1]
-    assert trace.faults == [{"token": 5, "reason": "non-finite gradient"}]
-    assert not trace.optimized[4] and trace.optimized[2] and trace.optimized[6]
-    assert trace.controller_norm[4] == trace.controller_norm[3]  # unchanged by the skipped step
+    # k = 2: steps at tokens 2, 4, 6, ...; the second one (token 4) gets the NaN gradient
+    assert trace.faults == [{"token": 4, "reason": "non-finite gradient"}]
+    assert not trace.optimized[3] and trace.optimized[1] and trace.optimized[5]
+    assert trace.controller_norm[3] == trace.controller_norm[2]  # unchanged by the skipped step
     assert all(math.isfinite(x) for x in trace.controller_norm)

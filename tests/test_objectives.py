@@ -73,13 +73,14 @@ def test_fixed_alpha_objectives_and_threshold():
 
 
 def test_schedule_steps_and_validation():
-    assert [s for s in range(1, 14) if FixedStepSchedule().is_optimization_step(s)] == [4, 8, 12]
-    assert [s for s in range(1, 8) if FixedStepSchedule(step_size=2, start=1).is_optimization_step(s)] == [
-        1,
-        3,
-        5,
-        7,
-    ]
+    # tokens k, 2k, 3k (Algorithm 1); token n comes from decode forward n - 1
+    assert [n for n in range(1, 14) if FixedStepSchedule().optimizes_token(n)] == [4, 8, 12]
+    assert [s for s in range(1, 13) if FixedStepSchedule().is_optimization_step(s)] == [3, 7, 11]
+    assert [n for n in range(1, 6) if FixedStepSchedule(step_size=1).optimizes_token(n)] == [2, 3, 4, 5]
+    # the other reading: tokens k + 1, 2k + 1, ... (decode forwards k, 2k, ...)
+    assert [s for s in range(1, 13) if FixedStepSchedule(start=5).is_optimization_step(s)] == [4, 8, 12]
+    with pytest.raises(ValueError, match="start must be >= 2"):
+        FixedStepSchedule(step_size=2, start=1)
     with pytest.raises(ValueError, match="step_size"):
         FixedStepSchedule(step_size=0)
     with pytest.raises(ValueError, match="ema_beta"):

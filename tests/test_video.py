@@ -24,6 +24,7 @@ from vreason.data.video import (
     video_element_options,
 )
 from vreason.data.video_reader import fetch_video, read_video_pyav
+from vreason.families import prefill_position_ids
 from vreason.models import byte_level_tokenizer, tiny_processor, tiny_qwen2_5_vl
 
 # Pixel limits unlike the tiny processor's own (4..16 * 28 * 28), so a second resize would show.
@@ -226,13 +227,7 @@ def test_temporal_positions_use_the_sampled_fps(clips: dict[str, Path]) -> None:
     # 1 s clip: 4 of 8 frames -> 4 fps -> 0.5 s per temporal patch; 2 s clip: 4 of 16 -> 2 fps -> 1 s
     batch = prepare_inputs(processor, [_messages(clips["wide_1s"]), _messages(clips["small_2s"])])
     assert batch["second_per_grid_ts"].tolist() == pytest.approx([0.5, 1.0])
-    positions, _ = model.model.get_rope_index(
-        batch["input_ids"],
-        batch["mm_token_type_ids"],
-        video_grid_thw=batch["video_grid_thw"],
-        second_per_grid_ts=batch["second_per_grid_ts"],
-        attention_mask=batch["attention_mask"],
-    )
+    positions = prefill_position_ids(model, batch)[1:]  # the M-RoPE rows
     tokens_per_second = model.config.vision_config.tokens_per_second
     for row, seconds in enumerate([0.5, 1.0]):
         temporal = positions[0, row][batch["input_ids"][row] == processor.video_token_id].unique()

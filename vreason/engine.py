@@ -8,12 +8,14 @@ changes the last layer's attention, so the ordinary decode forward already holds
 from the controller to the logits (all model weights are frozen, so autograd records nothing
 upstream of it).
 
-Logical positions are tracked explicitly (as transformers' ``generate`` does), so decoding stays
-correct after Lite shortens the cache.
+Positions are the model's trained rule, computed by ``vreason.families`` (for Qwen2.5-VL, not
+transformers' ``get_rope_index``, which starts the text after a video too early), and tracked
+explicitly while decoding, so they stay correct after Lite shortens the cache.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Mapping
@@ -25,6 +27,7 @@ from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel, StoppingCriteriaList, StopStringCriteria
 
 from vreason.controllers.base import Controller
+from vreason.families import prefill_position_ids
 from vreason.memory import peak_memory_bytes, reset_peak_memory, synchronize
 from vreason.objectives.base import Objective
 from vreason.objectives.switching import SwitchingObjective
@@ -77,6 +80,7 @@ class SampleTrace:
     prefill_seconds: float = 0.0
     seconds: float = 0.0  # the whole batch's call, prefill included
     peak_memory_mb: float = 0.0  # over the call: CUDA memory allocated, or (CPU) the process's peak RSS
+    kv_cache_mb: float = 0.0  # the whole batch's KV cache at the end of the call (after Lite eviction)
 
     @property
     def num_tokens(self) -> int:
@@ -95,39 +99,22 @@ class SampleTrace:
         self.controller_norm.append(controller_norm)
 
 
+def cache_argument(model: PreTrainedModel) -> str:
+    """The forward's name for the KV cache: ``cache`` from transformers 5.24 on, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_bytes(cache: DynamicCache) -> int:
+    """Bytes held by the keys and values of every layer of ``cache``."""
+    return sum(
+        t.nbytes for layer in cache.layers for t in (layer.keys, layer.values) if isinstance(t, Tensor)
+    )
+
+
 def entropy_of(logits: Tensor) -> Tensor:
     """[batch] entropy in nats of softmax(logits) [batch, vocab], computed in float32."""
     log_p = torch.log_softmax(logits.float(), dim=-1)
     return -(log_p.exp() * log_p).sum(dim=-1)
-
-
-def prefill_position_ids(model: PreTrainedModel, inputs: Mapping[str, Tensor]) -> Tensor:
-    """Position ids of the prompt, as ``generate`` builds them.
-
-    Text LMs: [batch, len], counting real tokens (left padding gets 0). Qwen2.5-VL: [4, batch, len],
-    the text positions stacked on the 3D M-RoPE positions from the model's ``get_rope_index``.
-    """
-    input_ids = inputs["input_ids"]
-    mask = inputs.get("attention_mask")
-    if mask is None:
-        mask = torch.ones_like(input_ids)
-    text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    rope_index = getattr(getattr(model, "model", None), "get_rope_index", None)
-    if rope_index is None:
-        return text
-    has_vision = inputs.get("video_grid_thw") is not None or inputs.get("image_grid_thw") is not None
-    if has_vision and inputs.get("mm_token_type_ids") is not None:
-        vision, _ = rope_index(
-            input_ids,
-            mm_token_type_ids=inputs["mm_token_type_ids"],
-            image_grid_thw=inputs.get("image_grid_thw"),
-            video_grid_thw=inputs.get("video_grid_thw"),
-            second_per_grid_ts=inputs.get("second_per_grid_ts"),
-            attention_mask=mask,
-        )
-    else:
-        vision = text[None].expand(3, -1, -1)
-    return torch.cat([text[None], vision.to(text.device)], dim=0)
 
 
 class Decoder:
@@ -152,6 +139,7 @@ class Decoder:
         pad_token_id: int | None = None,
     ) -> None:
         self.model = model.requires_grad_(False)
+        self._cache_argument = cache_argument(model)
         self.method = method or Method()
         self.sampling = sampling or SamplingConfig()
         self.processor = self.sampling.logits_processor()
@@ -191,7 +179,11 @@ class Decoder:
         position_ids = prefill_position_ids(self.model, inputs)
         with torch.no_grad():
             out = self.model(
-                **inputs, position_ids=position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
+                **inputs,
+                position_ids=position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_argument: cache},
             )
         attention_mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
         synchronize(self.device)
@@ -218,10 +210,11 @@ class Decoder:
                 controller.detach()
         synchronize(self.device)
         seconds = time.perf_counter() - start
-        peak_mb = peak_memory_bytes(self.device) / 2**20
+        peak_mb, kv_mb = peak_memory_bytes(self.device) / 2**20, cache_bytes(cache) / 2**20
         for trace, prompt, cached in zip(traces, prompt_tokens, cached_prompt_tokens, strict=True):
             trace.prompt_tokens, trace.cached_prompt_tokens = int(prompt), int(cached)
             trace.prefill_seconds, trace.seconds, trace.peak_memory_mb = prefill_seconds, seconds, peak_mb
+            trace.kv_cache_mb = kv_mb
         return traces
 
     def _decode(
@@ -252,6 +245,8 @@ class Decoder:
         active_on_device = torch.ones(batch, dtype=torch.bool, device=self.device)
         norms = [0.0] * batch
         self._snapshots = {}
+        if bool(attention_mask.all()):  # no padding: decode without a mask, as generate does
+            attention_mask = None
         step, optimizing = 0, False
         while True:
             finite = torch.isfinite(logits.detach()).all(dim=-1)
@@ -305,14 +300,15 @@ class Decoder:
                 break
             # Decode forward `step` (Algorithm 1 line 21): one forward per generated token.
             optimizing = controller is not None and schedule.is_optimization_step(step)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
             with torch.set_grad_enabled(optimizing), self._applied():
                 out = self.model(
                     input_ids=token[:, None],
                     attention_mask=attention_mask,
                     position_ids=next_position,
-                    past_key_values=cache,
                     use_cache=True,
+                    **{self._cache_argument: cache},
                 )
                 logits = out.logits[:, -1]  # sliced inside grad mode: a view made under no_grad is cut off
             next_position = next_position + 1

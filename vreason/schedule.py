@@ -1,9 +1,13 @@
 """When to optimise (step size k) and the entropy EMA and its running peak (Eqs. 3-4).
 
-Generated tokens are numbered n = 1, 2, ...; token 1 comes from the prefill logits and is never an
-optimisation step. Token n >= 2 comes from decode forward ``step = n - 1``; that forward is an
-optimisation step when ``step >= start`` and ``(step - start) % step_size == 0``. By default
-``start = step_size``, i.e. every k-th decode step (k, 2k, 3k, ...).
+Generated tokens are numbered n = 1, 2, ...; token 1 comes from the prefill logits, token n >= 2 from
+decode forward ``step = n - 1``. "Optimising token n" means that the forward producing token n's
+distribution runs with autograd, the token is sampled from it, and ``-alpha * H_n`` is backpropagated
+and stepped (Algorithm 1: OPTIMIZE at loop step t uses the logits of token t). The paper updates ΔV
+"at every k-th generated output token": tokens ``start, start + k, start + 2k, ...`` with
+``start = k`` by default, i.e. tokens k, 2k, 3k (for k = 1: tokens 2, 3, ..., since the prefill token
+never optimises). ``start = k + 1`` gives the other reading, tokens k + 1, 2k + 1, ... (the decode
+forwards k, 2k, ...).
 
 EMA (Appendix A's recursion; Eq. 3 in Sec. 3.1 has a typo with the raw H_{t-1}):
     H^ema_n = beta * H^ema_{n-1} + (1 - beta) * H_n
@@ -43,7 +47,8 @@ class FixedStepSchedule:
 
     Args:
         step_size: k in the paper.
-        start: first decode step that optimises (1 = the first forward after prefill); default k.
+        start: the first generated token that is optimised (>= 2; token 1 comes from the prefill);
+            default k (tokens k, 2k, 3k, ...), or 2 when k = 1.
         ema_beta: beta of Eq. 3 (0.98 in the paper).
         ema_init: "first" or "zero" (see module docstring).
         ema_every_token: update the EMA at every token (True) or only at optimisation steps.
@@ -59,19 +64,25 @@ class FixedStepSchedule:
         if self.step_size < 1:
             raise ValueError(f"schedule.step_size must be >= 1, got {self.step_size}")
         if self.start is None:
-            self.start = self.step_size
-        if self.start < 1:
+            self.start = max(2, self.step_size)
+        if self.start < 2:
             raise ValueError(
-                f"schedule.start must be >= 1 (the prefill token never optimises), got {self.start}"
+                f"schedule.start must be >= 2 (token 1 comes from the prefill and never optimises), "
+                f"got {self.start}"
             )
         if not 0.0 <= self.ema_beta < 1.0:
             raise ValueError(f"schedule.ema_beta must be in [0, 1), got {self.ema_beta}")
         if self.ema_init not in ("first", "zero"):
             raise ValueError(f"schedule.ema_init must be 'first' or 'zero', got {self.ema_init!r}")
 
+    def optimizes_token(self, n: int) -> bool:
+        """Whether generated token ``n`` (1 = the prefill's token) is an optimisation step."""
+        return n >= self.start and (n - self.start) % self.step_size == 0
+
     def is_optimization_step(self, step: int) -> bool:
-        """Whether decode forward ``step`` (1 = first forward after prefill) runs with autograd."""
-        return step >= self.start and (step - self.start) % self.step_size == 0
+        """Whether decode forward ``step`` (1 = first forward after prefill; it makes token step + 1)
+        runs with autograd."""
+        return self.optimizes_token(step + 1)
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> EntropyState:
         zeros = torch.zeros(batch_size, dtype=torch.float32, device=device)

@@ -45,7 +45,11 @@ def masked_norm(x: Tensor, mask: Tensor, norm_dims: NormDims) -> Tensor:
     mask: [batch, positions] bool. Returns a tensor broadcastable to ``x`` (keepdim).
     """
     masked = x * mask[:, None, :, None].to(x.dtype)
-    return masked.pow(2).sum(dim=_REDUCE_DIMS[norm_dims], keepdim=True).sqrt()
+    squared = masked.pow(2).sum(dim=_REDUCE_DIMS[norm_dims], keepdim=True)
+    # sqrt has an infinite derivative at 0, which the positions outside the mask (a per-token norm)
+    # would turn into NaN gradients: take the root only where the sum is positive.
+    positive = squared > 0
+    return torch.where(positive, torch.where(positive, squared, 1.0).sqrt(), 0.0)
 
 
 @CONTROLLERS.register("value_cache")

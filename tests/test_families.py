@@ -1,0 +1,197 @@
+"""Rotary positions by each family's trained rule, checked against hand-computed cases.
+
+The oracle here is never transformers: its ``get_rope_index`` (5.x) starts the text after a video too
+early, and ``generate`` agrees with it. The expected positions below are written out from the rule in
+Qwen2.5-VL's original ``get_rope_index`` docstring: text after a vision block starts at the largest
+vision position (over the t, h and w rows) plus one; a video's temporal row advances by
+``second_per_grid_t * tokens_per_second`` per grid step, truncated after multiplying by the step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import mp4_batch
+
+from vreason.engine import Decoder
+from vreason.families import prefill_position_ids
+from vreason.families.qwen2_vl import mrope_positions
+from vreason.sampling import SamplingConfig
+
+V, IMG, T, PAD = 9, 8, 1, 0  # video, image, text and padding token ids of the hand-made cases
+
+
+def positions(ids, grids_v=None, seconds=None, grids_i=None, mask=None, merge=2, tps=2.0):
+    ids = torch.tensor(ids)
+    return mrope_positions(
+        ids,
+        torch.ones_like(ids) if mask is None else torch.tensor(mask),
+        image_token_id=IMG,
+        video_token_id=V,
+        spatial_merge_size=merge,
+        tokens_per_second=tps,
+        image_grid_thw=torch.tensor(grids_i) if grids_i else None,
+        video_grid_thw=torch.tensor(grids_v) if grids_v else None,
+        second_per_grid_ts=torch.tensor(seconds) if seconds else None,
+    )
+
+
+def test_qwen2_5_vl_docstring_example():
+    """The worked example of Qwen2.5-VL's original docstring: 3 temporal patches of 2 x 2, fps 1 with
+    temporal patch 2 (2 s per grid step), 25 tokens per second: interval 50; text starts at 101."""
+    pos = positions([[V] * 12 + [T] * 5], grids_v=[[3, 4, 4]], seconds=[2.0], tps=25)
+    assert pos[0, 0].tolist() == [0, 0, 0, 0, 50, 50, 50, 50, 100, 100, 100, 100, 101, 102, 103, 104, 105]
+    assert pos[1, 0].tolist() == [0, 0, 1, 1] * 3 + [101, 102, 103, 104, 105]
+    assert pos[2, 0].tolist() == [0, 1, 0, 1] * 3 + [101, 102, 103, 104, 105]
+
+
+def test_an_eight_second_clip_starts_its_text_after_the_last_frame():
+    """Grid [8, 4, 6] (16 frames at 2 fps), 1 s per grid step, 2 tokens/s: the temporal row reaches
+    3 + 7 * 2 = 17, so the question starts at 18 (transformers 5.x gives 3 + max(2, 3) = 6)."""
+    pos = positions([[T] * 3 + [V] * 48 + [T] * 4], grids_v=[[8, 4, 6]], seconds=[1.0])
+    video = pos[:, 0, 3:51]
+    assert video[0].tolist() == [3 + 2 * i for i in range(8) for _ in range(6)]
+    assert video[1].tolist() == [3 + h for _ in range(8) for h in range(2) for _ in range(3)]
+    assert video[2].tolist() == [3 + w for _ in range(8) for _ in range(2) for w in range(3)]
+    for row in range(3):
+        assert pos[row, 0, :3].tolist() == [0, 1, 2]
+        assert pos[row, 0, 51:].tolist() == [18, 19, 20, 21]
+
+
+def test_the_papers_16_frame_setting_on_a_40_second_clip():
+    """16 frames of 280 x 392 px over 40 s: grid [8, 20, 28], 5 s per grid step, Qwen2.5-VL-7B's 2
+    tokens per second. Video positions reach 10 + 70; text must start at 81, 57 above 10 + 14."""
+    n_video = 8 * 10 * 14
+    pos = positions([[T] * 10 + [V] * n_video + [T] * 3], grids_v=[[8, 20, 28]], seconds=[5.0])
+    assert int(pos[:, 0, 10 : 10 + n_video].max()) == 80
+    assert pos[0, 0, 10 : 10 + n_video].unique().tolist() == [10 + 10 * i for i in range(8)]
+    assert pos[:, 0, -3:].tolist() == [[81, 82, 83]] * 3
+
+
+def test_fractional_seconds_per_step_are_truncated_after_scaling():
+    # 0.5 s per step at 25 tokens/s = 12.5 per step: 0, 12.5, 25, 37.5 -> 0, 12, 25, 37
+    pos = positions([[V] * 4 + [T]], grids_v=[[4, 2, 2]], seconds=[0.5], tps=25)
+    assert pos[0, 0].tolist() == [0, 12, 25, 37, 38]
+    # 0.7 s at 2 tokens/s: 0, 1.4, 2.8, 4.2, 5.6, 7.0 -> 0, 1, 2, 4, 5, 7 (not 0, 1, 2, 4, 5, 6 or 7s)
+    pos = positions([[V] * 6 + [T]], grids_v=[[6, 2, 2]], seconds=[0.7])
+    assert pos[0, 0].tolist() == [0, 1, 2, 4, 5, 7, 8]
+
+
+def test_images_videos_and_left_padding_in_one_batch():
+    """Row 0: text, a 2 x 2 image, text, a 2-step video, text. Row 1 (left-padded): text, video, text.
+    Every text run starts one past the largest position before it."""
+    ids = [
+        [T, T, IMG, IMG, IMG, IMG, T, V, V, T, T],
+        [PAD, PAD, PAD, PAD, T, V, V, T, T, T, T],
+    ]
+    mask = [[1] * 11, [0] * 4 + [1] * 7]
+    pos = positions(ids, grids_v=[[2, 2, 2], [2, 2, 2]], seconds=[1.0, 0.5], grids_i=[[1, 4, 4]], mask=mask)
+    # image at 2: t 2, h 2 2 3 3, w 2 3 2 3 -> max 3; text 4; video at 5: t 5, 7 (1 s x 2/s) -> text 8, 9
+    assert pos[:, 0].tolist() == [
+        [0, 1, 2, 2, 2, 2, 4, 5, 7, 8, 9],
+        [0, 1, 2, 2, 3, 3, 4, 5, 5, 8, 9],
+        [0, 1, 2, 3, 2, 3, 4, 5, 5, 8, 9],
+    ]
+    # padding gets 0; video at 1: t 1, 2 (0.5 s x 2/s) -> text 3..6
+    assert pos[:, 1].tolist() == [
+        [0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6],
+        [0, 0, 0, 0, 0, 1, 1, 3, 4, 5, 6],
+        [0, 0, 0, 0, 0, 1, 1, 3, 4, 5, 6],
+    ]
+
+
+def test_qwen2_vl_counts_temporal_steps_without_time_scaling():
+    pos = positions([[T, V, V, V, T]], grids_v=[[3, 2, 2]], tps=None)
+    assert pos[0, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_grids_that_do_not_match_the_tokens_are_refused():
+    with pytest.raises(ValueError, match="shorter than its grid"):
+        positions([[T, V, V, T]], grids_v=[[2, 4, 4]], seconds=[1.0])
+    with pytest.raises(ValueError, match="more video blocks"):
+        positions([[T, V, T]], grids_v=None)
+    with pytest.raises(ValueError, match="lists more videos"):
+        positions([[T, V, T]], grids_v=[[1, 2, 2], [1, 2, 2]], seconds=[1.0, 1.0])
+
+
+def _rope_index_of_transformers(model, ids, grid, seconds):
+    ids = torch.tensor([ids])
+    types = (ids == model.config.video_token_id).int() * 2
+    rope, _ = model.model.get_rope_index(
+        ids,
+        types,
+        video_grid_thw=torch.tensor([grid]),
+        second_per_grid_ts=torch.tensor([seconds]),
+        attention_mask=torch.ones_like(ids),
+    )
+    return rope
+
+
+def test_transformers_get_rope_index_still_disagrees_for_long_videos(tiny_vl):
+    """Known upstream bug (transformers 5.23, 5.24): text after a video starts at start + max(h', w').
+
+    When this test fails, transformers has fixed it: then ``generate`` becomes a valid oracle for
+    videos again and the equivalence tests can say so.
+    """
+    model, _ = tiny_vl
+    video = model.config.video_token_id
+    ids = [T] * 45 + [video] * 48 + [T] * 2
+    theirs = _rope_index_of_transformers(model, ids, [8, 4, 6], 1.0)
+    inputs = {
+        "input_ids": torch.tensor([ids]),
+        "video_grid_thw": torch.tensor([[8, 4, 6]]),
+        "second_per_grid_ts": torch.tensor([1.0]),
+    }
+    ours = prefill_position_ids(model, inputs)[1:]
+    assert int(ours[:, 0, :93].max()) == 59 and ours[:, 0, 93].tolist() == [60, 60, 60]
+    assert theirs[:, 0, 93].tolist() == [48, 48, 48]
+
+
+def test_short_clips_are_where_transformers_is_right(tiny_vl, mp4_videos):
+    """A 2 s clip (grid [2, 4, 6]): the temporal row stays below max(h', w'), both rules agree; so the
+    equivalence tests with ``generate`` in test_engine.py use such clips."""
+    model, processor = tiny_vl
+    inputs = mp4_batch(processor, [("Which way?", mp4_videos["right_red"])])
+    theirs, _ = model.model.get_rope_index(
+        inputs["input_ids"],
+        inputs["mm_token_type_ids"],
+        video_grid_thw=inputs["video_grid_thw"],
+        second_per_grid_ts=inputs["second_per_grid_ts"],
+        attention_mask=inputs["attention_mask"],
+    )
+    assert torch.equal(prefill_position_ids(model, inputs)[1:], theirs)
+
+
+class PositionRecorder:
+    def __init__(self, model):
+        self.model, self.seen = model, []
+
+    def __enter__(self):
+        self.handle = self.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def _hook(self, module, args, kwargs):
+        self.seen.append(kwargs["position_ids"].clone())
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_the_engine_feeds_the_trained_rule_for_a_multi_second_video(tiny_vl, mp4_videos):
+    """A real 3 s MP4 (6 frames at 2 fps: grid [3, 4, 4]), through qwen-vl-utils and the processor:
+    the first text token after the video gets the video's largest position plus one, and decoding
+    counts on from the prompt's last position."""
+    model, processor = tiny_vl
+    inputs = mp4_batch(processor, [("Which way does it move?", mp4_videos["up_blue"])])
+    assert inputs["video_grid_thw"].tolist() == [[3, 4, 4]]
+    with PositionRecorder(model) as rec:
+        Decoder(model, None, SamplingConfig(do_sample=False, max_new_tokens=4)).generate(inputs)
+    prefill = rec.seen[0][1:, 0]  # [3, len]: the M-RoPE rows
+    is_video = inputs["input_ids"][0] == model.config.video_token_id
+    first_after = int(is_video.nonzero().max()) + 1
+    start = int(prefill[0, is_video].min())
+    assert int(prefill[:, is_video].max()) == start + 2 * 2  # grid step 2 at 1 s x 2 tokens/s
+    assert prefill[:, first_after].tolist() == [start + 5] * 3
+    last = int(prefill[0, -1])
+    for step, pos in enumerate(rec.seen[1:], start=1):
+        assert pos.shape == (4, 1, 1) and pos[1:, 0, 0].tolist() == [last + step] * 3
