@@ -98,3 +98,103 @@ def test_missing_file_and_invalid_yaml(tmp_path):
 def test_user_components_load_by_dotted_path():
     method = build_method({"controller": {"name": "vreason.controllers.key_cache.KeyCacheController"}})
     assert type(method.controller).__name__ == "KeyCacheController"
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.batch_size=-3", "data.batch_size"),
+        ("data.limit=-1", "data.limit"),
+        ("data.limit=0", "data.limit"),
+        ("data.synthetic_size=0", "data.synthetic_size"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("seed=-1", "seed"),
+        ("model.seed=4294967296", "model.seed"),
+        ("sampling.temperature=-1", "sampling.temperature"),
+        ("sampling.temperature=nan", "sampling.temperature"),
+        ("sampling.top_p=2", "sampling.top_p"),
+        ("sampling.min_p=-0.1", "sampling.min_p"),
+        ("sampling.top_h=0", "sampling.top_h"),
+        ("sampling.top_k=-5", "sampling.top_k"),
+        ("sampling.max_new_tokens=0", "sampling.max_new_tokens"),
+        ("sampling.max_new_tokens=-1", "sampling.max_new_tokens"),
+        ("video.fps=-1", "video.fps"),
+        ("video.fps=inf", "video.fps"),
+        ("video.max_frames=0", "video.max_frames"),
+        ("video.nframes=1", "video.nframes"),
+        ("video.min_pixels=0", "video.min_pixels"),
+        ("video.max_pixels=100", "video.min_pixels"),  # below min_pixels
+        ("video.max_video_tokens=0", "video.max_video_tokens"),
+        ("trainer.devices=0", "trainer.devices"),
+        ("trainer.devices=-2", "trainer.devices"),
+        ("trainer.devices=[]", "trainer.devices"),
+        ("method.optimizer.lr=-0.001", "method.optimizer.lr"),
+        ("method.optimizer.betas=[0.9,1.0]", "method.optimizer.betas"),
+        ("method.optimizer.eps=0", "method.optimizer.eps"),
+        ("method.optimizer.grad_clip=0", "method.optimizer.grad_clip"),
+        ("method.schedule.step_size=0", "method.schedule.step_size"),
+        ("method.schedule.ema_beta=1.0", "method.schedule.ema_beta"),
+    ],
+)
+def test_every_numeric_value_is_range_checked_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(EXPERIMENTS / "smoke.yaml", [override])
+    message = str(info.value)
+    assert message.startswith(f"{EXPERIMENTS / 'smoke.yaml'}: {key}: ") and len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize("devices", ["1", "auto", "-1", "[0,1]", "'0,1'", "2"])
+def test_valid_device_settings_pass(devices):
+    assert load_config(EXPERIMENTS / "smoke.yaml", [f"trainer.devices={devices}"]) is not None
+
+
+def test_a_bad_value_stops_the_run_before_the_model_loads_with_one_line(tmp_path, monkeypatch, capsys):
+    from vreason.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("vreason.run.build_model", lambda **_: pytest.fail("model loaded"))
+    assert (
+        main(["run", str(EXPERIMENTS / "smoke.yaml"), f"output_dir={tmp_path}/out", "data.batch_size=0"]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {EXPERIMENTS / 'smoke.yaml'}: data.batch_size: must be an integer >= 1, got 0"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+SIDE_EFFECT = '''
+from pathlib import Path
+
+
+class Sneaky:
+    """A component whose constructor does something: validation must not call it."""
+
+    def __init__(self, path: str) -> None:
+        Path(path).touch()
+'''
+
+
+def test_validate_resolves_components_but_calls_nothing(tmp_path, monkeypatch, capsys):
+    from vreason.cli import main
+
+    (tmp_path / "sneaky_component.py").write_text(SIDE_EFFECT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    smoke = str(EXPERIMENTS / "smoke.yaml")
+    touched = tmp_path / "touched"
+    args = ["validate", smoke, "--set", "method.objective.name=sneaky_component.Sneaky"]
+    assert main([*args, "--set", f"method.objective.path={touched}"]) == 0
+    assert "ok" in capsys.readouterr().out and not touched.exists()
+    # its parameters are still checked against the signature
+    assert main([*args, "--set", "method.objective.command=x"]) == 2
+    assert "unknown parameter(s) ['command']" in capsys.readouterr().err
+    # a function is not a component: os.system is refused, never run
+    shell = ["--set", "method.objective.name=os.system", "--set", f"method.objective.command=touch {touched}"]
+    assert main(["validate", smoke, *shell]) == 2
+    assert "not a class" in capsys.readouterr().err and not touched.exists()
+    # running the config is what builds (calls) it: a config is code
+    build_method(
+        load_config(
+            smoke, ["method.objective.name=sneaky_component.Sneaky", f"method.objective.path={touched}"]
+        ).method
+    )
+    assert touched.exists()

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from vreason.cli import main
@@ -69,6 +70,7 @@ def test_smoke_config_runs_end_to_end_and_is_recorded_in_mlflow(tmp_path):
     assert metrics["optimization_steps_per_sample"] > 0
     curve = client.get_metric_history(run.info.run_id, "curve/entropy_mean")
     assert len(curve) > 8 and [m.step for m in curve] == list(range(len(curve)))
+    assert run.info.artifact_uri.startswith(str(tmp_path / "mlartifacts"))  # beside the store
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"predictions.jsonl", "traces.csv", "plots"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -176,5 +178,109 @@ def test_killed_run_resumes_with_nothing_lost_or_duplicated(tmp_path):
     }
     assert {p["sample_id"]: (p["trace"]["token_ids"], p["score"]) for p in resumed} == expected
     record = json.loads((killed / "out" / "mlflow_run.json").read_text())
-    _, run = only_run(killed, "vreason-smoke")
+    client, run = only_run(killed, "vreason-smoke")
     assert run.info.run_id == record["run_id"] and run.info.status == "FINISHED"
+    assert each_metric_logged_once(client, run)
+
+
+def each_metric_logged_once(client: MlflowClient, run) -> bool:
+    """Every metric has one value per step (curves: steps 0, 1, 2, ... each once)."""
+    for key in run.data.metrics:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert steps == list(range(len(steps))) if key.startswith("curve/") else steps == [0], (key, steps)
+    return True
+
+
+TINY = [*SMALL, "data.synthetic_size=2", "sampling.max_new_tokens=4"]
+
+HOLD_LOCK = (
+    "import sys, time\nfrom vreason.predictions import exclusive_output_dir\n"
+    "with exclusive_output_dir(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n"
+)
+
+
+def test_a_busy_output_dir_stops_a_second_run_at_once_and_a_killed_holder_leaves_no_lock(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path / "out")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with monkeypatch.context() as m:
+            m.setattr("vreason.run.build_model", lambda **_: pytest.fail("model loaded"))
+            assert main(["run", str(SMOKE), *paths(tmp_path), *TINY]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"in use by another run (pid {holder.pid})" in err, err
+        assert not (tmp_path / "out" / "predictions.rank0.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock died with its process: the same command now runs
+    assert main(["run", str(SMOKE), *paths(tmp_path), *TINY]) == 0
+    assert len(read_jsonl(tmp_path / "out" / "predictions.jsonl")) == 2
+
+
+KILL_AFTER_FIRST_CURVE = """
+import os, signal, sys
+import vreason.tracking as tracking
+log_curve = tracking.Tracker.log_curve
+def log_curve_then_die(self, *args, **kwargs):
+    log_curve(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+tracking.Tracker.log_curve = log_curve_then_die
+from vreason.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_rerun_after_a_kill_in_the_logging_phase_logs_each_metric_once(tmp_path, monkeypatch):
+    args = ["run", str(SMOKE), *paths(tmp_path), *TINY]
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_FIRST_CURVE, *args], cwd=tmp_path, capture_output=True
+    )
+    assert proc.returncode == -9, proc.stdout
+    client, run = only_run(tmp_path, "vreason-smoke")
+    assert run.info.status == "RUNNING" and "samples" in run.data.metrics  # killed mid-logging
+    assert "curve/ema_mean" not in run.data.metrics
+
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 0
+    client, run = only_run(tmp_path, "vreason-smoke")
+    assert run.info.status == "FINISHED" and "curve/ema_mean" in run.data.metrics
+    assert each_metric_logged_once(client, run)
+    assert main(args) == 0  # and once more: still once
+    assert each_metric_logged_once(client, client.get_run(run.info.run_id))
+
+
+def test_an_exception_after_the_start_marks_the_mlflow_run_failed_and_a_rerun_finishes_it(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the disk went away")
+
+    with monkeypatch.context() as m:
+        m.setattr("vreason.run.log_results", broken)
+        with pytest.raises(RuntimeError, match="disk went away"):
+            main(["run", str(SMOKE), *paths(tmp_path), *TINY])
+    _, run = only_run(tmp_path, "vreason-smoke")
+    assert run.info.status == "FAILED"
+    assert main(["run", str(SMOKE), *paths(tmp_path), *TINY]) == 0
+    _, again = only_run(tmp_path, "vreason-smoke")
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+
+
+def test_resuming_with_another_tracking_uri_says_which_store_holds_the_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(SMOKE), *paths(tmp_path), *TINY]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("vreason.run.build_model", lambda **_: pytest.fail("model loaded"))
+    other = tmp_path / "other.db"
+    assert main(["run", str(SMOKE), *paths(tmp_path), *TINY, f"tracking.uri=sqlite:///{other}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mlflow_run.json" in err
+    assert f"tracking.uri=sqlite:///{tmp_path}/mlflow.db" in err  # how to continue
+    assert not other.exists()  # nothing was created at the other address

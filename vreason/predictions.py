@@ -4,16 +4,53 @@ Each line is written with one ``write`` of a complete line and flushed and fsync
 worst leave a partial last line; readers drop a line that is not a complete JSON object (and the
 next append starts on a fresh line), so a half-written result is never parsed as a result. Finished
 samples are what make a run resumable: their ids are skipped on restart.
+
+One run per output directory: ``exclusive_output_dir`` holds an OS lock (``flock``) on ``run.lock``
+for the whole run. The kernel drops it when the process ends, however it ends, so a killed run never
+leaves a stale lock; a second run on a busy directory stops at once, naming the process that holds it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 MERGED = "predictions.jsonl"
+LOCK = "run.lock"
+
+
+class OutputDirInUse(RuntimeError):
+    """Another live process is running on this output directory."""
+
+
+@contextlib.contextmanager
+def exclusive_output_dir(directory: str | Path) -> Iterator[None]:
+    """Hold ``<directory>/run.lock`` for the duration; raise OutputDirInUse at once if another process does.
+
+    The file holds the holder's pid (for the message); the lock itself is the ``flock``, which dies with
+    its process, so the file left behind after a run or a kill blocks nothing.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise OutputDirInUse(
+                f"output_dir {directory} is in use by another run (pid {holder}); wait for it to finish, "
+                f"or choose another output_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -1,12 +1,15 @@
 """The experiment recipe, top to bottom: config -> records -> method -> model -> Lightning predict ->
-predictions -> MLflow. Everything that can be wrong in the config or the data paths fails before the
-model loads. A run whose output directory already holds predictions resumes: finished samples are
-skipped and the same MLflow run is continued.
+predictions -> MLflow. Everything that can be wrong in the config, the data paths, the output
+directory (another run on it) or the tracking store fails before the model loads. A run whose output
+directory already holds predictions resumes: finished samples are skipped and the same MLflow run is
+continued. An exception once the MLflow run has started marks it FAILED (KILLED for Ctrl-C).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 
 import lightning as L
@@ -19,10 +22,18 @@ from vreason.data.benchmarks import resolve_benchmark_file
 from vreason.data.records import Record, load_records
 from vreason.data.synthetic import write_synthetic_benchmark
 from vreason.data.video import VideoConfig
-from vreason.engine import Decoder
-from vreason.lightning import PredictionWriter, ProgressBar, RecordCollator, RecordDataModule, VReasonModule
-from vreason.models import build_model, is_multimodal
-from vreason.predictions import PredictionStore
+from vreason.engine import Decoder, Method
+from vreason.lightning import (
+    PredictionWriter,
+    ProgressBar,
+    RecordCollator,
+    RecordDataModule,
+    VReasonModule,
+    context_length,
+)
+from vreason.models import build_model
+from vreason.positions import POSITIONS
+from vreason.predictions import PredictionStore, exclusive_output_dir
 from vreason.sampling import SamplingConfig
 from vreason.tracking import Tracker, flatten, log_results, summary_metrics
 
@@ -57,27 +68,48 @@ def video_config(cfg: DictConfig) -> VideoConfig:
     return VideoConfig(**OmegaConf.to_container(cfg.video, resolve=True))
 
 
+def launched_rank_zero() -> bool:
+    """Whether this process is the one a user started, not a DDP rank Lightning or torchrun launched
+    (those inherit the output directory from it and must not take its lock)."""
+    return all(
+        os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    )
+
+
+def check_positions(method: Method | None, model: torch.nn.Module) -> None:
+    """A method whose positions the model has no token for (``video`` on a text-only LM) stops here."""
+    if method is None or (method.controller is None and method.pruner is None):
+        return
+    probe = {"input_ids": torch.zeros(1, 1, dtype=torch.long), "attention_mask": torch.ones(1, 1)}
+    try:
+        POSITIONS.get(method.positions)(model, probe)
+    except ValueError as err:
+        raise ConfigError(f"method.{err}") from err
+
+
 def run_experiment(cfg: DictConfig) -> dict[str, float] | None:
     """Run one experiment; returns the summary metrics on rank 0 (None on other ranks)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir = Path(cfg.output_dir)
+    lock = exclusive_output_dir(output_dir) if launched_rank_zero() else contextlib.nullcontext()
+    with lock:
+        return _run(cfg, output_dir)
+
+
+def _run(cfg: DictConfig, output_dir: Path) -> dict[str, float] | None:
     store = PredictionStore(output_dir)
     records = load_experiment_records(cfg)
     done = store.done_ids()
     todo = [r for r in records if r.sample_id not in done]
-    method = build_method(cfg.method)
+    try:
+        method = build_method(cfg.method)
+    except (KeyError, TypeError, ValueError) as err:  # a custom component's constructor refused
+        raise ConfigError(f"method: {err}") from err
     sampling = sampling_config(cfg)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-
-    model, processor = build_model(**OmegaConf.to_container(cfg.model, resolve=True))
-    tokenizer = getattr(processor, "tokenizer", processor)
-    collator = RecordCollator(processor, video_config(cfg), Path(cfg.data.root), is_multimodal(model))
-    module = VReasonModule(
-        model,
-        decoder_factory=lambda: Decoder(model, method, sampling, tokenizer),
-        tokenizer=tokenizer,
-        seed=cfg.seed,
-    )
+    video = video_config(cfg)
+    tracker = None
+    if cfg.tracking.enabled and launched_rank_zero():  # opens (or creates) the store; checks a resume
+        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, output_dir)
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
@@ -89,12 +121,34 @@ def run_experiment(cfg: DictConfig) -> dict[str, float] | None:
         enable_model_summary=False,
         callbacks=[PredictionWriter(store), ProgressBar()],
     )
-    tracker = None
-    if cfg.tracking.enabled and trainer.is_global_zero:
-        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, output_dir)
-        tracker.start(cfg.tracking.run_name or cfg.name, dict(cfg.tracking.tags))
-        tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
+    model, processor = build_model(**OmegaConf.to_container(cfg.model, resolve=True))
+    check_positions(method, model)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    collator = RecordCollator.for_model(model, processor, video, Path(cfg.data.root))
+    module = VReasonModule(
+        model,
+        decoder_factory=lambda: Decoder(model, method, sampling, tokenizer),
+        tokenizer=tokenizer,
+        seed=cfg.seed,
+        collate=collator.collate,
+        max_prompt_tokens=context_length(model),
+    )
+    if tracker is not None:
+        tracker.start(cfg.tracking.run_name or cfg.name, dict(cfg.tracking.tags))
+    try:
+        metrics = _predict_and_record(cfg, trainer, module, collator, store, records, todo, tracker)
+    except BaseException as err:
+        if tracker is not None:
+            _mark_ended(tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    return metrics
+
+
+def _predict_and_record(cfg, trainer, module, collator, store, records, todo, tracker):
+    if tracker is not None:
+        tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
     log.info("%d records, %d already done, %d to run", len(records), len(records) - len(todo), len(todo))
     if todo:
         datamodule = RecordDataModule(todo, collator, cfg.data.batch_size, cfg.data.num_workers)
@@ -112,3 +166,11 @@ def run_experiment(cfg: DictConfig) -> dict[str, float] | None:
     metrics = log_results(tracker, predictions, merged, run_name=cfg.tracking.run_name or cfg.name)
     tracker.finish()
     return metrics
+
+
+def _mark_ended(tracker: Tracker, status: str) -> None:
+    """Mark the run FAILED/KILLED; if even that fails, say so (the error that got here is re-raised)."""
+    try:
+        tracker.finish(status)
+    except Exception as err:  # the store itself may be what broke
+        log.error("could not mark MLflow run %s %s: %s", tracker.run_id, status, err)

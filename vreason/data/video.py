@@ -15,7 +15,13 @@ from typing import Any
 
 from transformers import BatchFeature
 
-from vreason.data.video_reader import PATCH_FACTOR, LoadedVideo, fetch_video, resized_frame_size
+from vreason.data.video_reader import (
+    PATCH_FACTOR,
+    LoadedVideo,
+    fetch_frames,
+    fetch_video,
+    resized_frame_size,
+)
 
 TEMPORAL_PATCH = 2  # frames per temporal patch: tokens = ceil(n / 2) * (H / 28) * (W / 28)
 SAMPLING_KEYS = {"fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels"}
@@ -43,7 +49,7 @@ class VideoConfig:
     max_video_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        if self.fps <= 0:
+        if not (math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"video.fps must be positive, got {self.fps}")
         if not 1 <= self.min_frames <= self.max_frames:
             raise ValueError(
@@ -55,19 +61,25 @@ class VideoConfig:
             raise ValueError(
                 f"video.min_pixels ({self.min_pixels}) must be in (0, video.max_pixels={self.max_pixels}]"
             )
+        for name in ("total_pixels", "max_video_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"video.{name} must be null or >= 1, got {getattr(self, name)}")
         if self.total_pixels is not None and self.max_video_tokens is not None:
             raise ValueError("set at most one of video.total_pixels and video.max_video_tokens")
 
 
-def video_element_options(cfg: VideoConfig) -> dict[str, Any]:
-    """The per-video keys qwen-vl-utils 0.0.14 reads from a ``{"type": "video", ...}`` element."""
+def video_element_options(cfg: VideoConfig, patch_factor: int = PATCH_FACTOR) -> dict[str, Any]:
+    """The per-video keys qwen-vl-utils 0.0.14 reads from a ``{"type": "video", ...}`` element.
+
+    ``patch_factor`` (pixels per LLM token side: 28, or 32 for Qwen3-VL) converts ``max_video_tokens``.
+    """
     if cfg.nframes is not None:
         options: dict[str, Any] = {"nframes": cfg.nframes}
     else:
         options = {"fps": cfg.fps, "min_frames": cfg.min_frames, "max_frames": cfg.max_frames}
     options |= {"min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels}
     if cfg.max_video_tokens is not None:
-        options["total_pixels"] = cfg.max_video_tokens * PATCH_FACTOR**2
+        options["total_pixels"] = cfg.max_video_tokens * patch_factor**2
     elif cfg.total_pixels is not None:
         options["total_pixels"] = cfg.total_pixels
     return options
@@ -93,14 +105,19 @@ def expected_num_frames(duration_s: float, total_frames: int, cfg: VideoConfig) 
     return n
 
 
-def video_tokens(n_frames: int, height: int, width: int) -> int:
-    """LLM tokens of ``n_frames`` frames already resized to ``height`` x ``width``: ceil(n/2) * (H/28) * (W/28)."""
-    return math.ceil(n_frames / TEMPORAL_PATCH) * (height // PATCH_FACTOR) * (width // PATCH_FACTOR)
+def video_tokens(n_frames: int, height: int, width: int, patch_factor: int = PATCH_FACTOR) -> int:
+    """LLM tokens of ``n_frames`` frames already resized to ``height`` x ``width``: ceil(n/2) * (H/28) * (W/28)
+    (``patch_factor`` in place of 28 for Qwen3-VL's 32)."""
+    return math.ceil(n_frames / TEMPORAL_PATCH) * (height // patch_factor) * (width // patch_factor)
 
 
-def expected_video_tokens(n_frames: int, height: int, width: int, cfg: VideoConfig) -> int:
+def expected_video_tokens(
+    n_frames: int, height: int, width: int, cfg: VideoConfig, patch_factor: int = PATCH_FACTOR
+) -> int:
     """LLM tokens for ``n_frames`` frames of a ``height`` x ``width`` video, after ``cfg``'s resizing."""
-    return video_tokens(n_frames, *resized_frame_size(height, width, n_frames, video_element_options(cfg)))
+    options = video_element_options(cfg, patch_factor)
+    size = resized_frame_size(height, width, n_frames, options, patch_factor)
+    return video_tokens(n_frames, *size, patch_factor)
 
 
 def video_elements(messages: list[dict]) -> list[dict[str, Any]]:
@@ -114,12 +131,24 @@ def video_elements(messages: list[dict]) -> list[dict[str, Any]]:
     ]
 
 
-def load_videos(messages: list[dict], defaults: dict[str, Any] | None = None) -> list[LoadedVideo]:
-    """Read every video of one sample (raises FileNotFoundError / ValueError naming the file).
+def load_videos(
+    messages: list[dict], defaults: dict[str, Any] | None = None, patch_factor: int = PATCH_FACTOR
+) -> list[LoadedVideo]:
+    """Read every video of one sample with qwen-vl-utils' sampling and resizing (raises FileNotFoundError /
+    ValueError naming the file); frame sides are multiples of ``patch_factor``.
 
     ``defaults`` (from ``video_element_options``) apply to elements with no sampling keys of their own.
     """
-    return [fetch_video(_with_defaults(element, defaults or {})) for element in video_elements(messages)]
+    return [
+        fetch_video(_with_defaults(element, defaults or {}), patch_factor)
+        for element in video_elements(messages)
+    ]
+
+
+def load_frames(messages: list[dict], defaults: dict[str, Any] | None = None) -> list[LoadedVideo]:
+    """Read every video of one sample with qwen-vl-utils' frame sampling but no resizing (``fetch_frames``):
+    for families whose processor sizes the frames itself."""
+    return [fetch_frames(_with_defaults(element, defaults or {})) for element in video_elements(messages)]
 
 
 def _with_defaults(element: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -152,20 +181,45 @@ def collate_inputs(
     return processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
 
 
-def prepare_inputs(
-    processor: Any, messages_batch: list[list[dict]], video: VideoConfig | None = None
+def collate_frames(
+    processor: Any, messages_batch: list[list[dict]], videos: list[list[LoadedVideo]]
 ) -> BatchFeature:
-    """Read each sample's videos with qwen-vl-utils' sampling and build one left-padded batch.
+    """Processor inputs for a batch whose frames are sampled but not resized (``load_frames``), left-padded:
+    the processor's own video handling sizes and normalises them (``do_sample_frames=False``: the frames
+    are exactly the ones sampled)."""
+    texts = [
+        processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_batch
+    ]
+    flat = [video.frames for sample in videos for video in sample]
+    kwargs: dict[str, Any] = {"videos": flat, "do_sample_frames": False} if flat else {}
+    return processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
 
-    ``video``, if given, supplies the sampling keys for video elements that carry none of their own
-    (elements from ``build_messages`` already carry them; their own keys always win).
 
-    Returns ``input_ids``, ``attention_mask`` [batch, seq] and, with videos, ``pixel_values_videos``
-    [sum of patches, 1176], ``video_grid_thw`` [n_videos, 3] and ``second_per_grid_ts`` [n_videos].
+def prepare_inputs(
+    processor: Any, messages_batch: list[list[dict]], video: VideoConfig | None = None, family: Any = None
+) -> BatchFeature:
+    """Read each sample's videos and build one left-padded batch, as the model's family does it.
+
+    ``family`` (a ``vreason.families.Family`` or its name) defaults to the family whose checkpoints ship
+    ``processor``'s class. Qwen families: qwen-vl-utils' sampling and resizing (``load_videos`` +
+    ``collate_inputs``); LLaVA-OneVision, LLaVA-NeXT-Video, InternVL: qwen-vl-utils' frame sampling, the
+    processor's own sizing (``load_frames`` + ``collate_frames``). ``video``, if given, supplies the
+    sampling keys for video elements that carry none of their own (elements from ``build_messages``
+    already carry them; their own keys always win).
+
+    Returns ``input_ids``, ``attention_mask`` [batch, seq] and the family's vision tensors (Qwen2.5-VL:
+    ``pixel_values_videos`` [sum of patches, 1176], ``video_grid_thw`` [n_videos, 3] and
+    ``second_per_grid_ts`` [n_videos]).
     """
-    defaults = video_element_options(video) if video is not None else {}
-    loaded = [load_videos(messages, defaults) for messages in messages_batch]
-    return collate_inputs(processor, messages_batch, loaded)
+    from vreason.families import family_for_processor, family_named
+
+    if family is None:
+        family = family_for_processor(processor)
+    elif isinstance(family, str):
+        family = family_named(family)
+    defaults = family.video_options(video) if video is not None else {}
+    loaded = [family.load_videos(messages, defaults) for messages in messages_batch]
+    return family.collate(processor, messages_batch, loaded)
 
 
 def prepare_text_inputs(tokenizer: Any, messages_batch: list[list[dict]]) -> BatchFeature:
