@@ -113,3 +113,38 @@ def mp4_batch(processor, specs: list[tuple[str, object]], max_frames: int = 8):
         for q, path in specs
     ]
     return dict(prepare_inputs(processor, messages))
+
+
+def plain_decode(model, inputs, n: int):
+    """The reference for videos, where ``generate``'s positions are wrong: a greedy loop over the bare
+    model (batch of one) with the trained positions (``prefill_position_ids``), counting on by one per
+    token. Returns the tokens and each forward's last-position logits."""
+    from transformers import DynamicCache
+
+    from vreason.engine import cache_argument
+    from vreason.families import prefill_position_ids
+
+    position_ids = prefill_position_ids(model, inputs)
+    cache = DynamicCache(config=model.config)
+    mask, tokens, logits = inputs["attention_mask"], [], []
+    with torch.no_grad():
+        out = model(
+            **inputs,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_argument(model): cache},
+        )
+        for step in range(n):
+            logits.append(out.logits[:, -1].float())
+            tokens.append(int(out.logits[0, -1].argmax()))
+            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+            if step < n - 1:
+                out = model(
+                    input_ids=torch.tensor([[tokens[-1]]]),
+                    attention_mask=mask,
+                    position_ids=position_ids[..., -1:] + 1 + step,
+                    use_cache=True,
+                    **{cache_argument(model): cache},
+                )
+    return tokens, logits

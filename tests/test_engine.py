@@ -6,14 +6,12 @@ import copy
 
 import pytest
 import torch
-from conftest import lm_batch, mp4_batch
-from transformers import DynamicCache
+from conftest import lm_batch, mp4_batch, plain_decode
 
 from vreason.controllers.hidden_state import HiddenStateController
 from vreason.controllers.key_cache import KeyCacheController
 from vreason.controllers.value_cache import ValueCacheController
-from vreason.engine import Decoder, Method, OptimizerConfig, cache_argument
-from vreason.families import prefill_position_ids
+from vreason.engine import Decoder, Method, OptimizerConfig
 from vreason.objectives.max_entropy import MaxEntropyObjective
 from vreason.objectives.switching import SwitchingObjective
 from vreason.pruning import L2NormPruner
@@ -87,35 +85,6 @@ def test_controller_off_matches_generate_video(tiny_vl, video_inputs, method):
         assert torch.equal(ours, theirs)
 
 
-def plain_decode(model, inputs, n: int = N_TOKENS):
-    """The reference for videos, where ``generate``'s positions are wrong: a greedy loop over the bare
-    model with the trained positions (``prefill_position_ids``), counting on by one per token."""
-    position_ids = prefill_position_ids(model, inputs)
-    cache = DynamicCache(config=model.config)
-    mask, tokens, logits = inputs["attention_mask"], [], []
-    with torch.no_grad():
-        out = model(
-            **inputs,
-            position_ids=position_ids,
-            use_cache=True,
-            logits_to_keep=1,
-            **{cache_argument(model): cache},
-        )
-        for step in range(n):
-            logits.append(out.logits[:, -1].float())
-            tokens.append(int(out.logits[0, -1].argmax()))
-            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
-            if step < n - 1:
-                out = model(
-                    input_ids=torch.tensor([[tokens[-1]]]),
-                    attention_mask=mask,
-                    position_ids=position_ids[..., -1:] + 1 + step,
-                    use_cache=True,
-                    **{cache_argument(model): cache},
-                )
-    return tokens, logits
-
-
 @pytest.mark.parametrize(
     "method",
     [None, frozen(ValueCacheController()), Method(pruner=L2NormPruner(keep_ratio=1.0))],
@@ -126,7 +95,7 @@ def test_controller_off_matches_a_plain_decode_on_a_multi_second_video(tiny_vl, 
     decode with the trained positions, and the eos token is disabled so that all N_TOKENS are compared."""
     model, processor = tiny_vl
     inputs = mp4_batch(processor, [("Which way does the square move?", mp4_videos["up_blue"])])
-    expected_tokens, expected_logits = plain_decode(model, inputs)
+    expected_tokens, expected_logits = plain_decode(model, inputs, N_TOKENS)
     with ForwardRecorder(model) as rec:
         trace = Decoder(model, method, greedy(), eos_token_id=[]).generate(inputs)[0]
     assert trace.token_ids == expected_tokens

@@ -18,6 +18,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -57,11 +58,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def byte_level_tokenizer() -> PreTrainedTokenizerFast:
+def byte_level_tokenizer(
+    named_tokens: Mapping[str, str] | None = None, chat_template: str = CHAT_TEMPLATE
+) -> PreTrainedTokenizerFast:
     """A byte-level tokenizer with Qwen's special tokens, built without any file.
 
     Every byte is one token (no merges), so any text round-trips; the vocabulary is 256 bytes plus
-    the special tokens.
+    the special tokens (Qwen's at 256-262). ``named_tokens`` adds a family's own special tokens after
+    them as named attributes (``{"video_token": "<video>"}`` gives ``tok.video_token`` and
+    ``tok.video_token_id``), as the family's real tokenizer has them.
     """
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {ch: i for i, ch in enumerate(alphabet)}
@@ -76,9 +81,19 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     )
     tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
     tok.add_tokens([SPECIAL_TOKENS[0]], special_tokens=True)
-    tok.chat_template = CHAT_TEMPLATE
+    if named_tokens:
+        tok._set_model_specific_special_tokens(special_tokens=dict(named_tokens))
+        tok.add_tokens([t for t in named_tokens.values() if t not in tok.get_vocab()], special_tokens=True)
+    tok.chat_template = chat_template
     tok.padding_side = "left"
     return tok
+
+
+def chat_template(image: str, video: str) -> str:
+    """``CHAT_TEMPLATE`` with a family's own image and video placeholders (e.g. ``<image>``, ``<video>``)."""
+    return CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", image).replace(
+        "<|vision_start|><|video_pad|><|vision_end|>", video
+    )
 
 
 @dataclass
@@ -108,6 +123,42 @@ def _spread_text_weights(modules: list[torch.nn.Module], std: float, seed: int) 
                     module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
 
 
+def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    """Ids of Qwen's special tokens in ``tokenizer`` (the byte tokenizer's are 256-262)."""
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+
+
+def tiny_text_config(dims: TinyDims, tokenizer: PreTrainedTokenizerFast, **extra: Any) -> dict[str, Any]:
+    """The text-config fields of a tiny language model (Qwen2/Llama-style) with ``tokenizer``'s ids."""
+    ids = special_token_ids(tokenizer)
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=dims.hidden_size,
+        intermediate_size=dims.intermediate_size,
+        num_hidden_layers=dims.num_hidden_layers,
+        num_attention_heads=dims.num_attention_heads,
+        num_key_value_heads=dims.num_key_value_heads,
+        max_position_embeddings=32768,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+        **extra,
+    )
+
+
+def finish_tiny_model(
+    model: PreTrainedModel, dims: TinyDims, seed: int, dtype: torch.dtype
+) -> PreTrainedModel:
+    """Spread a freshly built tiny VLM's text weights (see ``TinyDims.text_init_std``), cast, set eos/pad."""
+    _spread_text_weights([model.model.language_model, model.lm_head], dims.text_init_std, seed)
+    model = model.to(dtype).eval()
+    text = model.config.get_text_config()
+    model.generation_config.eos_token_id = text.eos_token_id
+    model.generation_config.pad_token_id = text.pad_token_id
+    return model
+
+
 def qwen2_5_vl_config(
     text: Mapping[str, Any], vision: Mapping[str, Any], tokenizer: PreTrainedTokenizerFast
 ) -> Qwen2_5_VLConfig:
@@ -118,7 +169,7 @@ def qwen2_5_vl_config(
     ``rope_parameters``; ``vision`` holds vision-config fields. Used by the tiny test model and by the
     benchmark's full-size random models.
     """
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    ids = special_token_ids(tokenizer)
     text = dict(text)
     rope = {
         "rope_type": "default",
@@ -177,11 +228,7 @@ def tiny_qwen2_5_vl(
         tok,
     )
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    _spread_text_weights([model.model.language_model, model.lm_head], dims.text_init_std, seed)
-    model = model.to(dtype).eval()
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model = finish_tiny_model(Qwen2_5_VLForConditionalGeneration(config), dims, seed, dtype)
     processor = tiny_processor(tok, **video_processor_kwargs)
     return model, processor
 
@@ -264,35 +311,49 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Any
 def load_pretrained(
     path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | None = None, **kwargs: Any
 ):
-    """A local checkpoint directory: Qwen2.5-VL (with its processor) or any causal LM (with its tokenizer)."""
+    """A local checkpoint directory, loaded by its family (chosen from ``config.model_type``): a video
+    LMM with its processor, or any causal LM with its tokenizer."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model.path: {path} does not exist")
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
+
+    from vreason.families import family_for_model_type
 
     config = AutoConfig.from_pretrained(path)
-    if config.model_type in ("qwen2_5_vl", "qwen2_vl"):
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, **kwargs)
-        processor = AutoProcessor.from_pretrained(path)
-        processor.tokenizer.padding_side = "left"
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-        processor = AutoTokenizer.from_pretrained(path)
-        processor.padding_side = "left"
+    model, processor = family_for_model_type(config.model_type).load(path, dtype, **kwargs)
     if device is not None:
         model = model.to(device)
     return model.eval(), processor
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MODEL_KINDS = ("tiny_qwen2_5_vl", "tiny_text_lm", "smollm2", "gguf", "pretrained")
+MODEL_KINDS = ("tiny", "tiny_qwen2_5_vl", "tiny_text_lm", "smollm2", "gguf", "pretrained")
 
 
-def build_model(kind: str, path: str | None = None, dtype: str = "float32", seed: int = 0, **kwargs: Any):
-    """(model, processor-or-tokenizer) for a ``model`` config block. Nothing is downloaded."""
+def build_model(
+    kind: str,
+    path: str | None = None,
+    dtype: str = "float32",
+    seed: int = 0,
+    family: str | None = None,
+    **kwargs: Any,
+):
+    """(model, processor-or-tokenizer) for a ``model`` config block. Nothing is downloaded.
+
+    ``kind: tiny`` builds the tiny random model of ``family`` (e.g. qwen2_vl, qwen2_5_vl).
+    """
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     torch_dtype = DTYPES[dtype]
+    if kind == "tiny":
+        from vreason.families import FAMILIES, family_named
+
+        if family is None:
+            raise ValueError(
+                f"model.family is required for model.kind=tiny; known: {', '.join(FAMILIES.names())}"
+            )
+        return family_named(family).tiny(seed=seed, dtype=torch_dtype)
     if kind == "tiny_qwen2_5_vl":
         return tiny_qwen2_5_vl(seed=seed, dtype=torch_dtype)
     if kind == "tiny_text_lm":
@@ -310,5 +371,7 @@ def build_model(kind: str, path: str | None = None, dtype: str = "float32", seed
 
 
 def is_multimodal(model: torch.nn.Module) -> bool:
-    """Whether the model takes video/image inputs (Qwen2.5-VL), as opposed to a text-only LM."""
-    return getattr(model.config, "video_token_id", None) is not None
+    """Whether the model takes video/image inputs (a video LMM family), as opposed to a text-only LM."""
+    from vreason.families import family_of
+
+    return family_of(model).multimodal

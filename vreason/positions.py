@@ -12,28 +12,20 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from vreason.families import family_of
 from vreason.registry import POSITIONS
-
-
-def _special_token_positions(model: PreTrainedModel, inputs: Mapping[str, Tensor], attribute: str) -> Tensor:
-    token_id = getattr(model.config, attribute, None)
-    if token_id is None:
-        raise ValueError(
-            f"positions: the model's config has no {attribute}; use positions 'prompt' for a text-only model"
-        )
-    return inputs["input_ids"] == token_id
 
 
 @POSITIONS.register("video")
 def video_positions(model: PreTrainedModel, inputs: Mapping[str, Tensor]) -> Tensor:
-    """Video placeholder tokens (Qwen2.5-VL ``video_token_id``), as in the paper."""
-    return _special_token_positions(model, inputs, "video_token_id")
+    """Video placeholder tokens (as the model's family defines them), as in the paper."""
+    return family_of(model).token_mask(model, inputs, "video")
 
 
 @POSITIONS.register("image")
 def image_positions(model: PreTrainedModel, inputs: Mapping[str, Tensor]) -> Tensor:
-    """Image placeholder tokens (``image_token_id``)."""
-    return _special_token_positions(model, inputs, "image_token_id")
+    """Image placeholder tokens."""
+    return family_of(model).token_mask(model, inputs, "image")
 
 
 @POSITIONS.register("prompt")

@@ -96,6 +96,16 @@ def _transforming_class(base: type) -> type:
     return _TRANSFORMING_CLASSES[base]
 
 
-def last_layer_index(model: PreTrainedModel) -> int:
-    config = model.config.get_text_config()
-    return config.num_hidden_layers - 1
+def kv_layer_index(model: PreTrainedModel, layer: int) -> int:
+    """The decoder layer a cache controller steers: ``layer`` counted among the layers that keep keys
+    and values (-1, the paper's choice, is the last of them), as the model's family lists them."""
+    from vreason.families import family_of
+
+    layers = family_of(model).kv_layers(model)
+    if layer < 0:
+        if -layer > len(layers):
+            raise ValueError(f"controller layer {layer}: the model has {len(layers)} layers with a KV cache")
+        return layers[layer]
+    if layer not in layers:
+        raise ValueError(f"controller layer {layer} is not one of the model's KV-cache layers {layers}")
+    return layer

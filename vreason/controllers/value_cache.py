@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from transformers import Cache, PreTrainedModel
 
-from vreason.controllers.base import Controller, last_layer_index, transformed_cache_layer
+from vreason.controllers.base import Controller, kv_layer_index, transformed_cache_layer
 from vreason.registry import CONTROLLERS
 
 NormDims = Literal["block", "head", "token"]
@@ -81,11 +81,7 @@ class ValueCacheController(Controller):
         self._steered_versions: tuple[int, ...] = ()
 
     def _resolve_layer(self, model: PreTrainedModel) -> int:
-        n_layers = last_layer_index(model) + 1
-        index = self.layer if self.layer >= 0 else n_layers + self.layer
-        if not 0 <= index < n_layers:
-            raise ValueError(f"controller layer {self.layer} is outside the model's {n_layers} layers")
-        return index
+        return kv_layer_index(model, self.layer)
 
     def _stored(self, cache: Cache) -> Tensor:
         layer = cache.layers[self._layer_index]

@@ -20,10 +20,15 @@ gives ``start + 3``. We compute the positions here and never call ``get_rope_ind
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
+
+from vreason.families import FAMILIES
+from vreason.families.base import Family, text_position_ids
 
 
 def vision_block_positions(
@@ -123,23 +128,156 @@ def _second_per_grid_t(seconds: Iterator[float], row: int) -> float:
     return value
 
 
-def prefill_position_ids(model: PreTrainedModel, inputs: Mapping[str, Tensor]) -> Tensor:
-    """[4, batch, len]: 1D text positions (row 0) on the trained M-RoPE rows of ``mrope_positions``."""
-    from vreason.families import text_position_ids
+class QwenVisionInputs(Family):
+    """Inputs the Qwen way: qwen-vl-utils samples and resizes the frames (sides multiples of
+    ``patch_factor``: 14-px patches merged 2 x 2 = 28, Qwen3-VL's 16-px ones = 32), and the processor is
+    told not to sample or resize again; the sampling metadata gives it the fps (temporal positions,
+    Qwen3-VL's timestamps)."""
 
-    config, mask = model.config, inputs["attention_mask"]
-    vision = config.vision_config
-    rope = mrope_positions(
-        inputs["input_ids"],
-        mask,
-        image_token_id=config.image_token_id,
-        video_token_id=config.video_token_id,
-        spatial_merge_size=vision.spatial_merge_size,
-        tokens_per_second=getattr(vision, "tokens_per_second", None)
-        if config.model_type == "qwen2_5_vl"
-        else None,
-        image_grid_thw=inputs.get("image_grid_thw"),
-        video_grid_thw=inputs.get("video_grid_thw"),
-        second_per_grid_ts=inputs.get("second_per_grid_ts"),
-    )
-    return torch.cat([text_position_ids(mask)[None], rope], dim=0)
+    multimodal = True
+    patch_factor = 28
+
+    def video_options(self, video: Any) -> dict[str, Any]:
+        from vreason.data.video import video_element_options
+
+        return video_element_options(video, self.patch_factor)
+
+    def load_videos(self, messages: list[dict], defaults: dict[str, Any] | None = None) -> list[Any]:
+        from vreason.data.video import load_videos
+
+        return load_videos(messages, defaults, self.patch_factor)
+
+    def video_tokens(self, processor: Any, video: Any) -> int:
+        from vreason.data.video import video_tokens
+
+        n_frames, _, height, width = video.frames.shape  # already sampled and resized
+        return video_tokens(n_frames, height, width, self.patch_factor)
+
+    def collate(self, processor: Any, messages_batch: list[list[dict]], videos: list[list[Any]]) -> Any:
+        from vreason.data.video import collate_inputs
+
+        return collate_inputs(processor, messages_batch, videos)
+
+
+class _MRopeFamily(QwenVisionInputs):
+    """Qwen2-VL's M-RoPE positions on top of the base family; subclasses say how time is scaled."""
+
+    timed = False  # Qwen2.5-VL: the temporal row follows seconds (tokens_per_second)
+
+    def prefill_position_ids(self, model: PreTrainedModel, inputs: Mapping[str, Tensor]) -> Tensor:
+        """[4, batch, len]: 1D text positions (row 0, which transformers uses for the attention mask)
+        on the trained M-RoPE rows of ``mrope_positions``."""
+        config, mask = model.config, inputs["attention_mask"]
+        vision = config.vision_config
+        rope = mrope_positions(
+            inputs["input_ids"],
+            mask,
+            image_token_id=config.image_token_id,
+            video_token_id=config.video_token_id,
+            spatial_merge_size=vision.spatial_merge_size,
+            tokens_per_second=vision.tokens_per_second if self.timed else None,
+            image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"),
+            second_per_grid_ts=inputs.get("second_per_grid_ts"),
+        )
+        return torch.cat([text_position_ids(mask)[None], rope], dim=0)
+
+    def load(self, path: Path, dtype: torch.dtype, **kwargs: Any) -> tuple[PreTrainedModel, Any]:
+        from transformers import AutoProcessor
+
+        model = self.model_class().from_pretrained(path, dtype=dtype, **kwargs)
+        processor = AutoProcessor.from_pretrained(path)
+        processor.tokenizer.padding_side = "left"
+        return model, processor
+
+    def model_class(self) -> type:
+        raise NotImplementedError
+
+
+@FAMILIES.register("qwen2_5_vl")
+class Qwen2_5_VLFamily(_MRopeFamily):
+    """Qwen2.5-VL (3B-72B; the paper's models): temporal positions in seconds."""
+
+    model_types = ("qwen2_5_vl",)
+    processor_classes = ("Qwen2_5_VLProcessor",)
+    timed = True
+
+    def model_class(self) -> type:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        return Qwen2_5_VLForConditionalGeneration
+
+    def tiny(self, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:
+        from vreason.models import tiny_qwen2_5_vl
+
+        return tiny_qwen2_5_vl(seed=seed, dtype=dtype)
+
+
+@FAMILIES.register("qwen2_vl")
+class Qwen2VLFamily(_MRopeFamily):
+    """Qwen2-VL: the same layout as Qwen2.5-VL, its own vision tower, temporal index = grid step."""
+
+    model_types = ("qwen2_vl",)
+    processor_classes = ("Qwen2VLProcessor",)
+
+    def model_class(self) -> type:
+        from transformers import Qwen2VLForConditionalGeneration
+
+        return Qwen2VLForConditionalGeneration
+
+    def tiny(self, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:
+        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+        from vreason.models import (
+            CHAT_TEMPLATE,
+            TinyDims,
+            byte_level_tokenizer,
+            finish_tiny_model,
+            special_token_ids,
+            tiny_processor,
+        )
+
+        dims, tok = TinyDims(), byte_level_tokenizer()
+        ids = special_token_ids(tok)
+        half = dims.hidden_size // dims.num_attention_heads // 2
+        config = Qwen2VLConfig(
+            text_config=dict(
+                vocab_size=len(tok),
+                hidden_size=dims.hidden_size,
+                intermediate_size=dims.intermediate_size,
+                num_hidden_layers=dims.num_hidden_layers,
+                num_attention_heads=dims.num_attention_heads,
+                num_key_value_heads=dims.num_key_value_heads,
+                max_position_embeddings=32768,
+                rope_parameters={
+                    "rope_type": "default",
+                    "rope_theta": 1e6,
+                    "mrope_section": [half - 2 * (half // 3), half // 3, half // 3],
+                },
+                bos_token_id=ids["<|endoftext|>"],
+                eos_token_id=ids["<|im_end|>"],
+                pad_token_id=ids["<|endoftext|>"],
+            ),
+            vision_config=dict(
+                depth=dims.vision_depth,
+                embed_dim=dims.vision_hidden_size,
+                hidden_size=dims.hidden_size,
+                num_heads=dims.vision_heads,
+                mlp_ratio=2,
+            ),
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+            tie_word_embeddings=False,
+        )
+        torch.manual_seed(seed)
+        model = finish_tiny_model(Qwen2VLForConditionalGeneration(config), dims, seed, dtype)
+        like = tiny_processor(tok)
+        processor = Qwen2VLProcessor(
+            image_processor=like.image_processor,
+            tokenizer=tok,
+            video_processor=like.video_processor,
+            chat_template=CHAT_TEMPLATE,
+        )
+        return model, processor
