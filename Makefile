@@ -9,7 +9,7 @@ PIP_VERSION := 26.3
 # from its own disk); every other package of the newest stack comes from the registry.
 TORCH := torch==2.14.1 torchvision==0.29.1
 LATEST ?= .venv-latest
-LINT_PATHS := vreason tests bench
+LINT_PATHS := vreason tests bench custom_generate
 SHELL := /bin/bash
 
 .PHONY: setup test lint run bench clean latest-env test-latest lock
