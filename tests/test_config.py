@@ -104,6 +104,7 @@ def test_user_components_load_by_dotted_path():
     "override, key",
     [
         ("data.batch_size=0", "data.batch_size"),
+        ("trainer.num_nodes=0", "trainer.num_nodes"),
         ("data.batch_size=-3", "data.batch_size"),
         ("data.limit=-1", "data.limit"),
         ("data.limit=0", "data.limit"),

@@ -9,12 +9,14 @@ vision position (over the t, h and w rows) plus one; a video's temporal row adva
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import mp4_batch
 
 from vreason.engine import Decoder
-from vreason.families import prefill_position_ids
+from vreason.families import family_named, prefill_position_ids
 from vreason.families.qwen2_vl import mrope_positions
 from vreason.sampling import SamplingConfig
 
@@ -195,3 +197,118 @@ def test_the_engine_feeds_the_trained_rule_for_a_multi_second_video(tiny_vl, mp4
     last = int(prefill[0, -1])
     for step, pos in enumerate(rec.seen[1:], start=1):
         assert pos.shape == (4, 1, 1) and pos[1:, 0, 0].tolist() == [last + step] * 3
+
+
+# --- Qwen3-VL: one block per frame, temporal index 0, text after a block at its max + 1 -------------------
+
+
+def qwen3_positions(ids, grids_v=None, grids_i=None, mask=None):
+    """Positions by the qwen3_vl family for hand-made ids (V video, IMG image tokens, merge 2)."""
+    config = SimpleNamespace(
+        image_token_id=IMG, video_token_id=V, vision_config=SimpleNamespace(spatial_merge_size=2)
+    )
+    ids = torch.tensor(ids)
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids) if mask is None else torch.tensor(mask),
+        "video_grid_thw": torch.tensor(grids_v) if grids_v else None,
+        "image_grid_thw": torch.tensor(grids_i) if grids_i else None,
+    }
+    return family_named("qwen3_vl").prefill_position_ids(SimpleNamespace(config=config), inputs)
+
+
+def test_qwen3_vl_gives_each_frame_its_own_block_at_temporal_index_0():
+    """Grid [2, 4, 4]: two frames of 2 x 2 merged tokens, a timestamp (two text tokens) between them.
+    Frame 1 starts at 2 (t 2; h 2 2 3 3; w 2 3 2 3; max 3), the timestamp takes 4, 5, frame 2 starts
+    at 6 (max 7), the question at 8. Qwen2-VL's rule would give frame 2 the temporal index 1."""
+    ids = [T, T] + [V] * 4 + [T, T] + [V] * 4 + [T]
+    pos = qwen3_positions([ids], grids_v=[[2, 4, 4]])
+    assert pos[1:, 0].tolist() == [
+        [0, 1, 2, 2, 2, 2, 4, 5, 6, 6, 6, 6, 8],
+        [0, 1, 2, 2, 3, 3, 4, 5, 6, 6, 7, 7, 8],
+        [0, 1, 2, 3, 2, 3, 4, 5, 6, 7, 6, 7, 8],
+    ]
+    assert pos[0, 0].tolist() == list(range(13))  # row 0: the 1D text positions (attention mask)
+
+
+def test_qwen3_vl_text_after_a_wide_frame_starts_at_start_plus_its_width():
+    """Frame grid [1, 4, 8] (2 x 4 merged): h reaches start + 1, w start + 3, so text starts at start + 4;
+    a left-padded second row starts its frame at 1."""
+    ids = [[T] + [V] * 8 + [T, T], [PAD, PAD, T] + [V] * 8]
+    mask = [[1] * 11, [0, 0] + [1] * 9]
+    pos = qwen3_positions(ids, grids_v=[[1, 4, 8], [1, 4, 8]], mask=mask)
+    assert pos[1:, 0].tolist() == [
+        [0] + [1] * 8 + [5, 6],
+        [0] + [1, 1, 1, 1, 2, 2, 2, 2] + [5, 6],
+        [0] + [1, 2, 3, 4] * 2 + [5, 6],
+    ]
+    assert pos[1:, 1, :3].tolist() == [[0, 0, 0]] * 3
+    assert pos[1:, 1, 3:].tolist() == [[1] * 8, [1, 1, 1, 1, 2, 2, 2, 2], [1, 2, 3, 4] * 2]
+
+
+def test_qwen3_vl_images_are_one_step_blocks_too():
+    pos = qwen3_positions([[T, IMG, IMG, IMG, IMG, T]], grids_i=[[1, 4, 4]])
+    assert pos[1:, 0].tolist() == [[0, 1, 1, 1, 1, 3], [0, 1, 1, 2, 2, 3], [0, 1, 2, 1, 2, 3]]
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3_vl():
+    return family_named("qwen3_vl").tiny(seed=0)
+
+
+def test_qwen3_vl_real_mp4_has_a_timestamp_per_frame_and_transformers_agrees(tiny_qwen3_vl, mp4_videos):
+    """A 3 s MP4 through qwen-vl-utils (Qwen3-VL settings: sides multiples of 32) and Qwen3VLProcessor:
+    one ``<t seconds>`` line per temporal patch, no stray vision markers, and our positions equal
+    transformers' ``get_rope_index`` (right for Qwen3-VL's one-step blocks)."""
+    model, processor = tiny_qwen3_vl
+    inputs = mp4_batch(processor, [("Which way?", mp4_videos["up_blue"])])
+    grid = inputs["video_grid_thw"].tolist()
+    # 6 frames at 2 fps; 64 x 48 px -> 64 x 64 (sides multiples of 32) -> 4 x 4 patches of 16 px
+    assert grid == [[3, 4, 4]]
+    assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == 3 * 2 * 2  # merged 2 x 2
+    text = processor.tokenizer.decode(inputs["input_ids"][0])
+    assert text.count(" seconds>") == 3
+    assert text.count("<|vision_start|>") == text.count("<|vision_end|>") == 3
+    assert "<|vision_start|><0." not in text  # transformers 5.x would leave one before the first timestamp
+    theirs, _ = model.model.get_rope_index(
+        inputs["input_ids"],
+        inputs["mm_token_type_ids"],
+        video_grid_thw=inputs["video_grid_thw"],
+        attention_mask=inputs["attention_mask"],
+    )
+    ours = prefill_position_ids(model, inputs)[1:]
+    assert torch.equal(ours, theirs)
+    is_video = inputs["input_ids"][0] == model.config.video_token_id
+    assert ours[0, 0, is_video].unique().numel() == 3  # each frame's block sits at its own start
+
+
+# --- 1D families ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["llava_onevision", "llava_next_video", "internvl", "text"])
+def test_one_dimensional_families_count_real_tokens(name):
+    """Video tokens are ordinary tokens for these language models: positions count real tokens, left
+    padding gets 0."""
+    inputs = {"input_ids": torch.tensor([[PAD, PAD, T, V, V, T], [T, V, V, V, V, T]])}
+    inputs["attention_mask"] = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])
+    pos = family_named(name).prefill_position_ids(None, inputs)
+    assert pos.tolist() == [[0, 0, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5]]
+
+
+def test_internvl_video_frames_are_its_image_context_tokens(mp4_videos):
+    model, processor = family_named("internvl").tiny(seed=0)
+    inputs = mp4_batch(processor, [("Which way?", mp4_videos["up_blue"])])
+    text = processor.tokenizer.decode(inputs["input_ids"][0])
+    assert text.count("Frame") == 8 and text.count("<img>") == 8  # 8 frames, sampled uniformly
+    mask = family_named("internvl").token_mask(model, inputs, "video")
+    assert int(mask.sum()) == 8 * processor.image_seq_length
+    ids = inputs["input_ids"][0]
+    assert set(ids[mask[0]].tolist()) == {processor.image_token_id}
+    both = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "video", "video": str(mp4_videos["up_blue"])}],
+        }
+    ]
+    with pytest.raises(ValueError, match="image and a video"):
+        family_named("internvl").collate(processor, [both], [[]])

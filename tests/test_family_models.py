@@ -1,24 +1,34 @@
 """Every video family's tiny model (its real transformers classes and processor) under the engine's
-invariants: controller off equals a plain decode with the trained positions, a batch equals single
-runs, Lite's eviction equals masking, and V-Reason steps and moves ΔV on the video positions."""
+invariants: controller off equals a plain decode with the trained positions (and ``generate`` where
+transformers' positions are the trained ones), a batch equals single runs, Lite's eviction equals
+masking, V-Reason steps and moves ΔV on the video positions, and ``vreason run`` with the family's tiny
+model finishes and scores. A family registered in ``vreason.families`` is picked up here by itself."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import plain_decode
 
+from vreason.cli import main
 from vreason.controllers.value_cache import ValueCacheController
 from vreason.data.video import VideoConfig, prepare_inputs, video_element_options
 from vreason.engine import Decoder, Method, OptimizerConfig
 from vreason.families import FAMILIES, family_named, family_of
+from vreason.predictions import read_jsonl
 from vreason.pruning import L2NormPruner
 from vreason.sampling import SamplingConfig
 from vreason.schedule import FixedStepSchedule
 
 VIDEO_FAMILIES = [name for name in FAMILIES.names() if FAMILIES.get(name).multimodal]
+# Families whose video positions transformers' ``generate`` computes by the trained rule (1D positions, or
+# Qwen3-VL's one-step blocks); Qwen2/2.5-VL's are wrong past short clips (test_families.py).
+GENERATE_AGREES = {"qwen3_vl", "qwen3_vl_moe", "llava_onevision", "llava_next_video", "internvl"}
 SMALL = VideoConfig(max_frames=8, min_pixels=3136, max_pixels=12544)
 N_TOKENS = 16
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module", params=VIDEO_FAMILIES)
@@ -47,9 +57,37 @@ def greedy() -> SamplingConfig:
 
 def test_the_tiny_model_is_its_familys_and_has_video_tokens(family_model, mp4_videos):
     name, model, processor = family_model
-    assert family_of(model).registry_name == name
+    family = family_of(model)
+    assert family.registry_name == name and type(processor).__name__ in family.processor_classes
     inputs = inputs_for(processor, [("Which way?", mp4_videos["up_blue"])])
-    assert int(family_of(model).token_mask(model, inputs, "video").sum()) > 0
+    mask = family.token_mask(model, inputs, "video")
+    # the family's count of a loaded video's tokens (video.max_video_tokens) is what the prompt holds
+    video = family.load_videos(
+        [{"role": "user", "content": [{"type": "video", "video": str(mp4_videos["up_blue"])}]}],
+        family.video_options(SMALL),
+    )[0]
+    assert int(mask.sum()) == family.video_tokens(processor, video) > 0
+
+
+def test_controller_off_matches_generate_where_its_positions_are_trained(family_model, mp4_videos):
+    name, model, processor = family_model
+    if name not in GENERATE_AGREES:
+        pytest.skip("transformers' video positions are not this family's trained rule (test_families.py)")
+    inputs = inputs_for(processor, [("Which way does the square move?", mp4_videos["up_blue"])])
+    out = model.generate(
+        **inputs, do_sample=False, max_new_tokens=N_TOKENS, output_logits=True, return_dict_in_generate=True
+    )
+    expected = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+    method = Method(controller=ValueCacheController(), optimizer=OptimizerConfig(lr=0.0))
+    logits = []
+    handle = model.register_forward_hook(lambda m, a, o: logits.append(o.logits[:, -1].float().clone()))
+    try:
+        trace = Decoder(model, method, greedy()).generate(inputs)[0]
+    finally:
+        handle.remove()
+    assert trace.token_ids == expected and len(logits) == len(out.logits)
+    for ours, theirs in zip(logits, out.logits, strict=True):
+        assert torch.equal(ours, theirs.float())
 
 
 @pytest.mark.parametrize(
@@ -129,3 +167,40 @@ def test_vreason_steps_and_moves_the_offset_on_the_video_positions(family_model,
     assert sum(on.optimized) == N_TOKENS // 4 and on.faults == []
     assert on.controller_norm[-1] > 0
     assert on.entropy[:4] == off.entropy[:4] and on.entropy[4:] != off.entropy[4:]
+
+
+def test_vreason_run_with_the_familys_tiny_model_finishes_and_scores(family_model, tmp_path, monkeypatch):
+    """``vreason run experiments/smoke.yaml model.kind=tiny model.family=<name>``: every record answered
+    (none failed), scored, and steered (V-Reason took optimisation steps)."""
+    name = family_model[0]
+    monkeypatch.chdir(tmp_path)
+    overrides = [
+        f"output_dir={tmp_path}/out",
+        f"data.root={tmp_path}/data",
+        "tracking.enabled=false",
+        "model.kind=tiny",
+        f"model.family={name}",
+        "data.synthetic_size=2",
+        "sampling.max_new_tokens=9",
+    ]
+    assert main(["run", str(SMOKE), *overrides]) == 0
+    predictions = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    assert len(predictions) == 2
+    for p in predictions:
+        assert not p["failed"] and p["error"] is None and p["warnings"] == []
+        assert 0.0 <= p["score"] <= 1.0 and 0 < p["num_tokens"] <= 9
+        assert sum(p["trace"]["optimized"]) == (p["num_tokens"] - 1) // 4
+    config = (tmp_path / "out" / "config.yaml").read_text()
+    assert f"family: {name}" in config
+
+
+@pytest.mark.parametrize("name", VIDEO_FAMILIES)
+def test_every_family_has_a_validated_config_for_its_real_checkpoint(name):
+    """experiments/models/<family>.yaml runs V-Reason on a local checkpoint of that family: one line
+    (model.path, or VREASON_MODELS) to change."""
+    from vreason.config import build_method, load_config
+
+    path = SMOKE.parent / "models" / f"{name}.yaml"
+    cfg = load_config(path)
+    assert cfg.model.kind == "pretrained" and "${oc.env:VREASON_MODELS,/models}/" in path.read_text()
+    assert cfg.method.positions == "video" and build_method(cfg.method).controller is not None

@@ -48,6 +48,8 @@ class ModelConfig:
     dtype: str = "float32"
     attn_implementation: str | None = None
     seed: int = 0
+    # Shard the model over the GPUs of one machine (accelerate): "auto", or {module name: device}.
+    device_map: Any = None
 
 
 @dataclass
@@ -69,6 +71,7 @@ class TrainerConfig:
 
     accelerator: str = "auto"
     devices: Any = 1
+    num_nodes: int = 1  # machines in a multi-machine DDP run (one process per machine with device_map)
     strategy: str = "auto"
     precision: str | None = None
 
@@ -169,6 +172,7 @@ RANGES: dict[str, Bound] = {
     "data.synthetic_size": POSITIVE_INT,
     "data.batch_size": POSITIVE_INT,
     "data.num_workers": Bound(0, integer=True),
+    "trainer.num_nodes": POSITIVE_INT,
     "sampling.temperature": Bound(0),  # 0 is greedy
     "sampling.top_p": Bound(0, 1, nullable=True),
     "sampling.top_k": Bound(0, integer=True, nullable=True),  # 0 is off

@@ -227,7 +227,12 @@ class VReasonModule(L.LightningModule):
         max_prompt_tokens: int | None = None,
     ):
         super().__init__()
-        self.model = model
+        if getattr(model, "hf_device_map", None):
+            # accelerate spread the layers over devices (model.device_map): keep the model out of the
+            # module's children, or Lightning's strategy would move all of it onto one device
+            self._sharded = [model]
+        else:
+            self.model = model
         self.decoder_factory = decoder_factory
         self.tokenizer = tokenizer
         self.seed = seed
@@ -235,6 +240,11 @@ class VReasonModule(L.LightningModule):
         self.max_prompt_tokens = max_prompt_tokens
         self.stats = {"samples": 0, "tokens": 0, "seconds": 0.0, "score": 0.0}
         self._decoders: dict[bool, Decoder] = {}
+
+    @property
+    def lm(self) -> torch.nn.Module:
+        """The model the engine decodes with."""
+        return self._sharded[0] if hasattr(self, "_sharded") else self.model
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         return batch  # the engine moves tensors itself
@@ -253,7 +263,7 @@ class VReasonModule(L.LightningModule):
         if True not in self._decoders:
             self._decoders[True] = self.decoder_factory()
         if steered not in self._decoders:  # same sampling, no controller or pruner
-            self._decoders[False] = Decoder(self.model, None, self._decoders[True].sampling, self.tokenizer)
+            self._decoders[False] = Decoder(self.lm, None, self._decoders[True].sampling, self.tokenizer)
         return self._decoders[steered]
 
     def answer(self, batch: Batch) -> list[dict]:
@@ -262,7 +272,7 @@ class VReasonModule(L.LightningModule):
         lengths = batch.inputs["attention_mask"].sum(dim=1).tolist()
         steerable = [True] * len(batch.records)
         if method.controller is not None or method.pruner is not None:
-            steerable = POSITIONS.get(method.positions)(self.model, batch.inputs).any(dim=1).tolist()
+            steerable = POSITIONS.get(method.positions)(self.lm, batch.inputs).any(dim=1).tolist()
         answered: dict[int, dict] = {}
         groups: dict[bool, list[int]] = {True: [], False: []}
         for row, record in enumerate(batch.records):

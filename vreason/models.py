@@ -327,6 +327,34 @@ def load_pretrained(
     return model.eval(), processor
 
 
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map: Any) -> None:
+    """``model.device_map``: null (one device), one of accelerate's strategies, or {module name: device}."""
+    if device_map is None or device_map in DEVICE_MAP_STRATEGIES:
+        return
+    if not isinstance(device_map, Mapping) or not device_map:
+        raise ValueError(
+            f"model.device_map must be null, one of {', '.join(DEVICE_MAP_STRATEGIES)}, or a non-empty "
+            f"mapping of module names to devices; got {device_map!r}"
+        )
+
+
+def dispatch(model: PreTrainedModel, device_map: str | Mapping[str, Any]) -> PreTrainedModel:
+    """Spread a built model's layers over devices with accelerate, as ``from_pretrained(device_map=...)``
+    does for a checkpoint: each module's weights live on its device, and hooks move activations between
+    them. A strategy name lets accelerate plan the map (decoder layers are never split)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if isinstance(device_map, str):
+        device_map = infer_auto_device_map(model, no_split_module_classes=list(model._no_split_modules or []))
+    device_map = dict(device_map)
+    model = dispatch_model(model, device_map=device_map, force_hooks=True)  # hooks even on one device
+    model.hf_device_map = device_map
+    return model
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODEL_KINDS = ("tiny", "tiny_qwen2_5_vl", "tiny_text_lm", "smollm2", "gguf", "pretrained")
 
@@ -337,14 +365,20 @@ def build_model(
     dtype: str = "float32",
     seed: int = 0,
     family: str | None = None,
+    device_map: str | Mapping[str, Any] | None = None,
     **kwargs: Any,
 ):
     """(model, processor-or-tokenizer) for a ``model`` config block. Nothing is downloaded.
 
     ``kind: tiny`` builds the tiny random model of ``family`` (e.g. qwen2_vl, qwen2_5_vl).
+    ``device_map`` (accelerate's: "auto", or {module name: device}) shards the model over the devices of
+    one machine: ``from_pretrained(device_map=...)`` for a checkpoint, ``dispatch`` for a tiny model.
     """
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    check_device_map(device_map)
+    if device_map is not None and kind not in ("tiny", "pretrained"):
+        raise ValueError(f"model.device_map applies to model.kind tiny or pretrained, not {kind!r}")
     torch_dtype = DTYPES[dtype]
     if kind == "tiny":
         from vreason.families import FAMILIES, family_named
@@ -353,7 +387,8 @@ def build_model(
             raise ValueError(
                 f"model.family is required for model.kind=tiny; known: {', '.join(FAMILIES.names())}"
             )
-        return family_named(family).tiny(seed=seed, dtype=torch_dtype)
+        model, processor = family_named(family).tiny(seed=seed, dtype=torch_dtype)
+        return (dispatch(model, device_map) if device_map is not None else model), processor
     if kind == "tiny_qwen2_5_vl":
         return tiny_qwen2_5_vl(seed=seed, dtype=torch_dtype)
     if kind == "tiny_text_lm":
@@ -366,6 +401,8 @@ def build_model(
         return load_gguf(path, dtype=torch_dtype)
     if kind == "pretrained":
         extra = {k: v for k, v in kwargs.items() if v is not None}
+        if device_map is not None:
+            extra["device_map"] = dict(device_map) if isinstance(device_map, Mapping) else device_map
         return load_pretrained(path, dtype=torch_dtype, **extra)
     raise ValueError(f"model.kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
 

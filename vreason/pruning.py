@@ -37,7 +37,7 @@ class Eviction:
         shape = [1] * x.dim()
         shape[0], shape[dim] = self.index.shape
         index = self.index.view(shape).expand(*x.shape[:dim], self.index.shape[1], *x.shape[dim + 1 :])
-        return x.gather(dim, index)
+        return x.gather(dim, index.to(x.device))  # a sharded model keeps each layer's cache on its device
 
 
 def keep_index(keep: Tensor) -> Eviction:
@@ -82,13 +82,14 @@ class L2NormPruner:
     @torch.no_grad()
     def scores(self, cache: Cache) -> Tensor:
         """[batch, len] mean over layers and heads of each position's value-vector L2 norm."""
-        per_layer = [layer.values.float().norm(dim=-1).mean(dim=1) for layer in cache.layers]
+        first = cache.layers[0].values.device  # a sharded model: layers' caches on several devices
+        per_layer = [layer.values.float().norm(dim=-1).mean(dim=1).to(first) for layer in cache.layers]
         return torch.stack(per_layer).mean(dim=0)
 
     @torch.no_grad()
     def select(self, cache: Cache, positions: Tensor) -> Tensor:
         """[batch, len] bool: positions that survive (everything outside ``positions`` survives)."""
-        scores = self.scores(cache).masked_fill(~positions, float("inf"))
+        scores = self.scores(cache).to(positions.device).masked_fill(~positions, float("inf"))
         keep = torch.ones_like(positions)
         for row in range(positions.shape[0]):
             n_selected = int(positions[row].sum())

@@ -44,7 +44,7 @@ def masked_norm(x: Tensor, mask: Tensor, norm_dims: NormDims) -> Tensor:
 
     mask: [batch, positions] bool. Returns a tensor broadcastable to ``x`` (keepdim).
     """
-    masked = x * mask[:, None, :, None].to(x.dtype)
+    masked = x * mask[:, None, :, None].to(x.device, x.dtype)  # a sharded model: x on its layer's device
     squared = masked.pow(2).sum(dim=_REDUCE_DIMS[norm_dims], keepdim=True)
     # sqrt has an infinite derivative at 0, which the positions outside the mask (a per-token norm)
     # would turn into NaN gradients: take the root only where the sum is positive.
@@ -97,7 +97,7 @@ class ValueCacheController(Controller):
         stored = self._stored(cache)  # [batch, kv_heads, prompt_len, head_dim]
         if self._reference is None or self.norm_dims == "token":
             self._reference = masked_norm(stored.float(), positions, self.norm_dims)
-        self._cache, self._mask, self._steered = cache, positions, None
+        self._cache, self._mask, self._steered = cache, positions.to(stored.device), None
         shape = (1, *stored.shape[1:])
         self.params = [
             torch.nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=stored.device))

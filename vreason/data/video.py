@@ -155,18 +155,27 @@ def _with_defaults(element: dict[str, Any], defaults: dict[str, Any]) -> dict[st
     return element if SAMPLING_KEYS & set(element) else {**defaults, **element}
 
 
+def render_prompts(processor: Any, messages_batch: list[list[dict]]) -> list[str]:
+    """Each conversation through the processor's chat template, ending in the generation prompt."""
+    return [
+        processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_batch
+    ]
+
+
 def collate_inputs(
-    processor: Any, messages_batch: list[list[dict]], videos: list[list[LoadedVideo]]
+    processor: Any,
+    messages_batch: list[list[dict]],
+    videos: list[list[LoadedVideo]],
+    texts: list[str] | None = None,
 ) -> BatchFeature:
     """Processor inputs for a batch whose videos are already loaded, left-padded.
 
     ``do_sample_frames=False`` and ``do_resize=False``: the frames are exactly qwen-vl-utils' (so
     ``video_grid_thw`` follows the formula); ``video_metadata`` gives the processor the sampled fps, from
-    which it derives ``second_per_grid_ts`` (temporal M-RoPE positions).
+    which it derives ``second_per_grid_ts`` (temporal M-RoPE positions; Qwen3-VL's timestamps).
+    ``texts``: the rendered prompts, where the family renders them itself.
     """
-    texts = [
-        processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_batch
-    ]
+    texts = texts if texts is not None else render_prompts(processor, messages_batch)
     flat = [video for sample in videos for video in sample]
     kwargs: dict[str, Any] = {}
     if flat:
@@ -187,9 +196,7 @@ def collate_frames(
     """Processor inputs for a batch whose frames are sampled but not resized (``load_frames``), left-padded:
     the processor's own video handling sizes and normalises them (``do_sample_frames=False``: the frames
     are exactly the ones sampled)."""
-    texts = [
-        processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_batch
-    ]
+    texts = render_prompts(processor, messages_batch)
     flat = [video.frames for sample in videos for video in sample]
     kwargs: dict[str, Any] = {"videos": flat, "do_sample_frames": False} if flat else {}
     return processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)

@@ -238,7 +238,9 @@ def fetch_frames(element: dict[str, Any]) -> LoadedVideo:
         indices = torch.linspace(0, max(total - 1, 0), n).round().long().tolist()
         frames, decoded = _decode(path, indices)
         if set(indices) - set(frames) and decoded > 0:
-            warnings.append(f"{path}: the container lists {total} frames but {decoded} decode; sampled from those")
+            warnings.append(
+                f"{path}: the container lists {total} frames but {decoded} decode; sampled from those"
+            )
             log.warning("%s", warnings[-1])
             total = decoded
             indices = torch.linspace(0, total - 1, n).round().long().tolist()
@@ -249,4 +251,6 @@ def fetch_frames(element: dict[str, Any]) -> LoadedVideo:
         raise ValueError(f"{path}: cannot read video ({err})") from err
     video = torch.from_numpy(np.stack([frames[i] for i in indices])).permute(0, 3, 1, 2)
     metadata = {"fps": fps, "frames_indices": indices, "total_num_frames": total, "video_backend": "pyav"}
-    return LoadedVideo(path=path, frames=video, metadata=metadata, sample_fps=n / total * fps, warnings=warnings)
+    return LoadedVideo(
+        path=path, frames=video, metadata=metadata, sample_fps=n / total * fps, warnings=warnings
+    )

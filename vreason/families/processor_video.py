@@ -1,0 +1,56 @@
+"""Inputs for families whose processor sizes video frames itself (LLaVA-OneVision, LLaVA-NeXT-Video,
+InternVL), and their loading.
+
+Frames are sampled by qwen-vl-utils' rule (``fps``, ``min_frames``, ``max_frames`` or ``nframes`` of the
+``video`` config block; decoded with PyAV, ``video_reader.fetch_frames``) and handed to the processor at
+the file's size with ``do_sample_frames=False``: the processor resizes and normalises them to its
+checkpoint's resolution, so the ``video`` block's pixel keys (``min_pixels``, ``max_pixels``,
+``total_pixels``) do not apply; ``max_video_tokens`` still refuses a video that needs more tokens. These
+families use ordinary 1D positions (the base family's).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from vreason.families.base import Family
+
+
+class ProcessorVideoInputs(Family):
+    """A family whose processor samples nothing and sizes everything (see the module docstring)."""
+
+    multimodal = True
+
+    def load_videos(self, messages: list[dict], defaults: dict[str, Any] | None = None) -> list[Any]:
+        from vreason.data.video import load_frames
+
+        return load_frames(messages, defaults)
+
+    def collate(self, processor: Any, messages_batch: list[list[dict]], videos: list[list[Any]]) -> Any:
+        from vreason.data.video import collate_frames
+
+        return collate_frames(processor, messages_batch, videos)
+
+    def video_tokens(self, processor: Any, video: Any) -> int:
+        return self.frame_tokens(processor) * video.frames.shape[0] + self.extra_video_tokens
+
+    def frame_tokens(self, processor: Any) -> int:
+        """LLM tokens of one frame after the processor's resizing (and the model's pooling)."""
+        raise NotImplementedError
+
+    extra_video_tokens = 0  # tokens a video takes besides its frames (LLaVA-OneVision: one newline)
+
+    def load(self, path: Path, dtype: torch.dtype, **kwargs: Any) -> tuple[PreTrainedModel, Any]:
+        from transformers import AutoProcessor
+
+        model = self.model_class().from_pretrained(path, dtype=dtype, **kwargs)
+        processor = AutoProcessor.from_pretrained(path)
+        processor.tokenizer.padding_side = "left"
+        return model, processor
+
+    def model_class(self) -> type:
+        raise NotImplementedError
