@@ -69,10 +69,11 @@ def test_the_tiny_model_is_its_familys_and_has_video_tokens(family_model, mp4_vi
     assert int(mask.sum()) == family.video_tokens(processor, video) > 0
 
 
-def test_controller_off_matches_generate_where_its_positions_are_trained(family_model, mp4_videos):
+def test_controller_off_matches_generate_exactly_where_its_positions_are_trained(family_model, mp4_videos):
+    """Families in GENERATE_AGREES: tokens and logits equal ``generate``'s. The others (Qwen2/2.5-VL, whose
+    text after a 3 s clip transformers places too early): ``generate`` differs, which is why their oracle
+    is the plain decode above; this fails the day transformers computes their trained positions."""
     name, model, processor = family_model
-    if name not in GENERATE_AGREES:
-        pytest.skip("transformers' video positions are not this family's trained rule (test_families.py)")
     inputs = inputs_for(processor, [("Which way does the square move?", mp4_videos["up_blue"])])
     out = model.generate(
         **inputs, do_sample=False, max_new_tokens=N_TOKENS, output_logits=True, return_dict_in_generate=True
@@ -85,9 +86,11 @@ def test_controller_off_matches_generate_where_its_positions_are_trained(family_
         trace = Decoder(model, method, greedy()).generate(inputs)[0]
     finally:
         handle.remove()
-    assert trace.token_ids == expected and len(logits) == len(out.logits)
-    for ours, theirs in zip(logits, out.logits, strict=True):
-        assert torch.equal(ours, theirs.float())
+    same = [torch.equal(ours, theirs.float()) for ours, theirs in zip(logits, out.logits, strict=False)]
+    if name in GENERATE_AGREES:
+        assert trace.token_ids == expected and len(logits) == len(out.logits) and all(same)
+    else:
+        assert not same[0]  # the prefill's last position already sits at the wrong rotary position
 
 
 @pytest.mark.parametrize(

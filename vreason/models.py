@@ -159,6 +159,23 @@ def finish_tiny_model(
     return model
 
 
+def tiny_mrope_section(dims: TinyDims) -> list[int]:
+    """M-RoPE sections (t, h, w) summing to head_dim / 2 in Qwen's proportions (like [16, 24, 24])."""
+    half = dims.hidden_size // dims.num_attention_heads // 2
+    return [half - 2 * (half // 3), half // 3, half // 3]
+
+
+def qwen_vision_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    """The top-level config fields of a Qwen VLM naming its vision tokens, with ``tokenizer``'s ids."""
+    ids = special_token_ids(tokenizer)
+    return dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
 def qwen2_5_vl_config(
     text: Mapping[str, Any], vision: Mapping[str, Any], tokenizer: PreTrainedTokenizerFast
 ) -> Qwen2_5_VLConfig:
@@ -176,20 +193,16 @@ def qwen2_5_vl_config(
         "rope_theta": text.pop("rope_theta", 1e6),
         "mrope_section": list(text.pop("mrope_section")),
     }
+    token_ids = {
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
     return Qwen2_5_VLConfig(
-        text_config=dict(
-            **text,
-            rope_parameters=rope,
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        ),
+        text_config={**token_ids, **text, "rope_parameters": rope},
         vision_config=dict(vision),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
+        **qwen_vision_token_ids(tokenizer),
     )
 
 
@@ -202,19 +215,8 @@ def tiny_qwen2_5_vl(
     """A random-weight Qwen2.5-VL (the real class) and a real Qwen2_5_VLProcessor around a byte tokenizer."""
     dims = dims or TinyDims()
     tok = byte_level_tokenizer()
-    head_dim = dims.hidden_size // dims.num_attention_heads
-    half = head_dim // 2
     config = qwen2_5_vl_config(
-        dict(
-            vocab_size=len(tok),
-            hidden_size=dims.hidden_size,
-            intermediate_size=dims.intermediate_size,
-            num_hidden_layers=dims.num_hidden_layers,
-            num_attention_heads=dims.num_attention_heads,
-            num_key_value_heads=dims.num_key_value_heads,
-            max_position_embeddings=32768,
-            mrope_section=[half - 2 * (half // 3), half // 3, half // 3],  # like [16, 24, 24]
-        ),
+        tiny_text_config(dims, tok, mrope_section=tiny_mrope_section(dims)),
         dict(
             depth=dims.vision_depth,
             hidden_size=dims.vision_hidden_size,

@@ -100,3 +100,21 @@ class Family:
     def kv_layers(self, model: PreTrainedModel) -> list[int]:
         """Indices of the decoder layers that keep keys and values (all of them in a transformer)."""
         return list(range(model.config.get_text_config().num_hidden_layers))
+
+
+class VideoFamily(Family):
+    """A video LMM loaded with its model class and its checkpoint's processor (``AutoProcessor``)."""
+
+    multimodal = True
+
+    def load(self, path: Path, dtype: torch.dtype, **kwargs: Any) -> tuple[PreTrainedModel, Any]:
+        from transformers import AutoProcessor
+
+        model = self.model_class().from_pretrained(path, dtype=dtype, **kwargs)
+        processor = AutoProcessor.from_pretrained(path)
+        processor.tokenizer.padding_side = "left"
+        return model, processor
+
+    def model_class(self) -> type:
+        """The transformers class of this family's checkpoints."""
+        raise NotImplementedError

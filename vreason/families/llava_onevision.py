@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from vreason.families import FAMILIES
-from vreason.families.processor_video import ProcessorVideoInputs
+from vreason.families.processor_video import ProcessorVideoInputs, tiny_llava_parts
 
 
 @FAMILIES.register("llava_onevision")
@@ -48,19 +48,9 @@ class LlavaOnevisionFamily(ProcessorVideoInputs):
             LlavaOnevisionVideoProcessor,
         )
 
-        from vreason.models import (
-            TinyDims,
-            byte_level_tokenizer,
-            chat_template,
-            finish_tiny_model,
-            tiny_text_config,
-        )
+        from vreason.models import finish_tiny_model, tiny_text_config
 
-        dims, image_size, patch = TinyDims(), 32, 8
-        tok = byte_level_tokenizer(
-            {"image_token": "<image>", "video_token": "<video>"}, chat_template("<image>", "<video>")
-        )
-        pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+        dims, tok, image_size, patch, pinpoints = tiny_llava_parts()
         config = LlavaOnevisionConfig(
             text_config={"model_type": "qwen2", **tiny_text_config(dims, tok)},
             vision_config=dict(

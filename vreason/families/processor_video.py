@@ -11,16 +11,12 @@ families use ordinary 1D positions (the base family's).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import PreTrainedModel
-
-from vreason.families.base import Family
+from vreason.families.base import VideoFamily
 
 
-class ProcessorVideoInputs(Family):
+class ProcessorVideoInputs(VideoFamily):
     """A family whose processor samples nothing and sizes everything (see the module docstring)."""
 
     multimodal = True
@@ -44,13 +40,15 @@ class ProcessorVideoInputs(Family):
 
     extra_video_tokens = 0  # tokens a video takes besides its frames (LLaVA-OneVision: one newline)
 
-    def load(self, path: Path, dtype: torch.dtype, **kwargs: Any) -> tuple[PreTrainedModel, Any]:
-        from transformers import AutoProcessor
 
-        model = self.model_class().from_pretrained(path, dtype=dtype, **kwargs)
-        processor = AutoProcessor.from_pretrained(path)
-        processor.tokenizer.padding_side = "left"
-        return model, processor
+def tiny_llava_parts() -> tuple[Any, Any, int, int, list[list[int]]]:
+    """What the tiny LLaVA models share: dims, a byte tokenizer with ``<image>``/``<video>`` and a
+    Qwen-style template, a 32-px vision input in 8-px patches, and its any-resolution pinpoints."""
+    from vreason.models import TinyDims, byte_level_tokenizer, chat_template
 
-    def model_class(self) -> type:
-        raise NotImplementedError
+    image_size, patch = 32, 8
+    tok = byte_level_tokenizer(
+        {"image_token": "<image>", "video_token": "<video>"}, chat_template("<image>", "<video>")
+    )
+    pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+    return TinyDims(), tok, image_size, patch, pinpoints

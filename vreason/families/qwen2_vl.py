@@ -20,7 +20,6 @@ gives ``start + 3``. We compute the positions here and never call ``get_rope_ind
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from vreason.families import FAMILIES
-from vreason.families.base import Family, text_position_ids
+from vreason.families.base import VideoFamily, text_position_ids
 
 
 def vision_block_positions(
@@ -128,7 +127,7 @@ def _second_per_grid_t(seconds: Iterator[float], row: int) -> float:
     return value
 
 
-class QwenVisionInputs(Family):
+class QwenVisionInputs(VideoFamily):
     """Inputs the Qwen way: qwen-vl-utils samples and resizes the frames (sides multiples of
     ``patch_factor``: 14-px patches merged 2 x 2 = 28, Qwen3-VL's 16-px ones = 32), and the processor is
     told not to sample or resize again; the sampling metadata gives it the fps (temporal positions,
@@ -182,17 +181,6 @@ class _MRopeFamily(QwenVisionInputs):
         )
         return torch.cat([text_position_ids(mask)[None], rope], dim=0)
 
-    def load(self, path: Path, dtype: torch.dtype, **kwargs: Any) -> tuple[PreTrainedModel, Any]:
-        from transformers import AutoProcessor
-
-        model = self.model_class().from_pretrained(path, dtype=dtype, **kwargs)
-        processor = AutoProcessor.from_pretrained(path)
-        processor.tokenizer.padding_side = "left"
-        return model, processor
-
-    def model_class(self) -> type:
-        raise NotImplementedError
-
 
 @FAMILIES.register("qwen2_5_vl")
 class Qwen2_5_VLFamily(_MRopeFamily):
@@ -233,31 +221,16 @@ class Qwen2VLFamily(_MRopeFamily):
             TinyDims,
             byte_level_tokenizer,
             finish_tiny_model,
-            special_token_ids,
+            qwen_vision_token_ids,
+            tiny_mrope_section,
             tiny_processor,
+            tiny_text_config,
         )
 
         dims, tok = TinyDims(), byte_level_tokenizer()
-        ids = special_token_ids(tok)
-        half = dims.hidden_size // dims.num_attention_heads // 2
+        rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": tiny_mrope_section(dims)}
         config = Qwen2VLConfig(
-            text_config=dict(
-                vocab_size=len(tok),
-                hidden_size=dims.hidden_size,
-                intermediate_size=dims.intermediate_size,
-                num_hidden_layers=dims.num_hidden_layers,
-                num_attention_heads=dims.num_attention_heads,
-                num_key_value_heads=dims.num_key_value_heads,
-                max_position_embeddings=32768,
-                rope_parameters={
-                    "rope_type": "default",
-                    "rope_theta": 1e6,
-                    "mrope_section": [half - 2 * (half // 3), half // 3, half // 3],
-                },
-                bos_token_id=ids["<|endoftext|>"],
-                eos_token_id=ids["<|im_end|>"],
-                pad_token_id=ids["<|endoftext|>"],
-            ),
+            text_config=tiny_text_config(dims, tok, rope_parameters=rope),
             vision_config=dict(
                 depth=dims.vision_depth,
                 embed_dim=dims.vision_hidden_size,
@@ -265,11 +238,8 @@ class Qwen2VLFamily(_MRopeFamily):
                 num_heads=dims.vision_heads,
                 mlp_ratio=2,
             ),
-            image_token_id=ids["<|image_pad|>"],
-            video_token_id=ids["<|video_pad|>"],
-            vision_start_token_id=ids["<|vision_start|>"],
-            vision_end_token_id=ids["<|vision_end|>"],
             tie_word_embeddings=False,
+            **qwen_vision_token_ids(tok),
         )
         torch.manual_seed(seed)
         model = finish_tiny_model(Qwen2VLForConditionalGeneration(config), dims, seed, dtype)
