@@ -176,3 +176,37 @@ def _clip_dir():
     import tempfile
 
     return tempfile.mkdtemp(prefix="vreason-clip-")
+
+
+def test_controller_layer_counts_the_models_decoder_layers(tiny_lm):
+    """A dense model: every layer keeps keys and values; negative counts from the end; out of range fails."""
+    from vreason.controllers.base import kv_layer_index
+
+    model, _ = tiny_lm
+    n = model.config.num_hidden_layers
+    assert [kv_layer_index(model, i) for i in (-1, 0, -n)] == [n - 1, 0, 0]
+    for layer in (n, -n - 1):
+        with pytest.raises(ValueError, match=f"controller.layer {layer}: the model has {n} decoder layers"):
+            kv_layer_index(model, layer)
+
+
+def test_steering_an_earlier_layer_at_every_token_keeps_the_cache_off_the_graph(tiny_lm):
+    """ΔV on layer 0 with an optimisation step at every token: the later layer's cached keys and values of
+    each step depend on ΔV; kept on the graph, the next step's backward would run into the freed one."""
+    from vreason.engine import Decoder, Method, OptimizerConfig
+    from vreason.sampling import SamplingConfig
+    from vreason.schedule import FixedStepSchedule
+
+    model, tokenizer = tiny_lm
+    inputs = dict(lm_batch(tokenizer, ["Which way does the square move?"]))
+    method = Method(
+        controller=ValueCacheController(layer=0),
+        positions="prompt",
+        optimizer=OptimizerConfig(lr=0.1),
+        schedule=FixedStepSchedule(step_size=1),
+    )
+    trace = Decoder(
+        model, method, SamplingConfig(do_sample=False, max_new_tokens=8), eos_token_id=[]
+    ).generate(inputs)[0]
+    assert trace.faults == [] and sum(trace.optimized) == 7
+    assert trace.controller_norm[-1] > trace.controller_norm[1] > 0

@@ -282,6 +282,87 @@ def test_qwen3_vl_real_mp4_has_a_timestamp_per_frame_and_transformers_agrees(tin
     assert ours[0, 0, is_video].unique().numel() == 3  # each frame's block sits at its own start
 
 
+# --- Qwen3.5: Qwen3-VL's rule (its processor's timestamps) on a hybrid LM; transformers agrees -------------
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3_5():
+    return family_named("qwen3_5").tiny(seed=0)
+
+
+def test_qwen3_5_positions_are_qwen3_vl_rule_by_hand():
+    """The qwen3_5 family by hand: a left-padded row with a 3-frame video (grid [3, 4, 4]: three blocks of
+    2 x 2 merged tokens) with a one-token timestamp after the first two frames. Frames start at 2, 5, 8
+    (each block reaches start + 1; the text after it takes start + 2), the last text token is 10."""
+    config = SimpleNamespace(
+        image_token_id=IMG, video_token_id=V, vision_config=SimpleNamespace(spatial_merge_size=2)
+    )
+    ids = torch.tensor([[PAD, T, T] + [V] * 4 + [T] + [V] * 4 + [T] + [V] * 4 + [T]])
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": (ids != PAD).long(),
+        "video_grid_thw": torch.tensor([[3, 4, 4]]),
+    }
+    pos = family_named("qwen3_5").prefill_position_ids(SimpleNamespace(config=config), inputs)
+    frame = [[0, 0, 0, 0], [0, 0, 1, 1], [0, 1, 0, 1]]  # t, h, w offsets within one 2 x 2 block
+    expected = [
+        [
+            0,
+            0,
+            1,
+            *(2 + f for f in frame[r]),
+            4,
+            *(5 + f for f in frame[r]),
+            7,
+            *(8 + f for f in frame[r]),
+            10,
+        ]
+        for r in range(3)
+    ]
+    assert pos[1:, 0].tolist() == expected
+    assert pos[0, 0].tolist() == [0, *range(17)]  # row 0: the 1D text positions, padding 0
+
+
+def test_transformers_qwen3_5_get_rope_index_follows_the_rule_its_timestamps_imply(tiny_qwen3_5):
+    """transformers' ``Qwen3_5Model.get_rope_index`` on hand-made ids: each frame its own block at temporal
+    index 0, text after a 2 x 3 merged frame at start + 3 (its largest position + 1), and the second frame's
+    block again at temporal index 0 of its own start; equal to the family's positions."""
+    model, _ = tiny_qwen3_5
+    v = model.config.video_token_id
+    ids = torch.tensor([[T, T] + [v] * 6 + [T, T] + [v] * 6 + [T]])
+    theirs, _ = model.model.get_rope_index(  # by keyword: Qwen3.5's signature starts with video_grid_thw
+        input_ids=ids,
+        mm_token_type_ids=(ids == v).int() * 2,
+        video_grid_thw=torch.tensor([[2, 4, 6]]),
+        attention_mask=torch.ones_like(ids),
+    )
+    block = [[0] * 6, [0, 0, 0, 1, 1, 1], [0, 1, 2, 0, 1, 2]]
+    expected = [[0, 1, *(2 + b for b in block[r]), 5, 6, *(7 + b for b in block[r]), 10] for r in range(3)]
+    assert theirs[:, 0].tolist() == expected
+    ours = prefill_position_ids(model, {"input_ids": ids, "video_grid_thw": torch.tensor([[2, 4, 6]])})
+    assert torch.equal(ours[1:], theirs)
+
+
+def test_qwen3_5_real_mp4_has_a_timestamp_per_frame_and_transformers_agrees(tiny_qwen3_5, mp4_videos):
+    """A 3 s MP4 through qwen-vl-utils and Qwen3.5's processor (Qwen3VLProcessor), in a left-padded batch
+    with a 2 s one: a ``<t seconds>`` line per temporal patch, and our positions equal transformers'."""
+    model, processor = tiny_qwen3_5
+    inputs = mp4_batch(
+        processor, [("Which way?", mp4_videos["up_blue"]), ("Colour?", mp4_videos["right_red"])]
+    )
+    assert inputs["video_grid_thw"].tolist()[0] == [3, 4, 4]
+    text = processor.tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=False)
+    assert text.count(" seconds>") == 3 and text.count("<|vision_start|>") == 3
+    assert bool((inputs["attention_mask"] == 0).any())  # the rows have different lengths
+    theirs, _ = model.model.get_rope_index(
+        input_ids=inputs["input_ids"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        video_grid_thw=inputs["video_grid_thw"],
+        attention_mask=inputs["attention_mask"],
+    )
+    assert torch.equal(prefill_position_ids(model, inputs)[1:], theirs)
+
+
 # --- 1D families ---------------------------------------------------------------------------------------
 
 

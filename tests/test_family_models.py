@@ -25,7 +25,17 @@ from vreason.schedule import FixedStepSchedule
 VIDEO_FAMILIES = [name for name in FAMILIES.names() if FAMILIES.get(name).multimodal]
 # Families whose video positions transformers' ``generate`` computes by the trained rule (1D positions, or
 # Qwen3-VL's one-step blocks); Qwen2/2.5-VL's are wrong past short clips (test_families.py).
-GENERATE_AGREES = {"qwen3_vl", "qwen3_vl_moe", "llava_onevision", "llava_next_video", "internvl"}
+GENERATE_AGREES = {
+    "qwen3_vl",
+    "qwen3_vl_moe",
+    "qwen3_5",
+    "qwen3_5_moe",
+    "llava_onevision",
+    "llava_next_video",
+    "internvl",
+}
+# Hybrid linear/full-attention families: Gated DeltaNet layers hold a recurrent state, not keys and values.
+HYBRID_FAMILIES = ["qwen3_5", "qwen3_5_moe"]
 SMALL = VideoConfig(max_frames=8, min_pixels=3136, max_pixels=12544)
 N_TOKENS = 16
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
@@ -207,3 +217,127 @@ def test_every_family_has_a_validated_config_for_its_real_checkpoint(name):
     cfg = load_config(path)
     assert cfg.model.kind == "pretrained" and "${oc.env:VREASON_MODELS,/models}/" in path.read_text()
     assert cfg.method.positions == "video" and build_method(cfg.method).controller is not None
+
+
+# --- hybrid models (Qwen3.5): the linear-attention layers' state is the model's alone -------------------
+
+
+@pytest.fixture(scope="module", params=HYBRID_FAMILIES)
+def hybrid_model(request):
+    model, processor = family_named(request.param).tiny(seed=0)
+    return request.param, model, processor
+
+
+def linear_states(cache) -> dict[tuple[int, str], torch.Tensor]:
+    """Copies of every linear-attention layer's convolution and recurrent state, by (layer, kind)."""
+    return {
+        (i, kind): getattr(layer, kind)[0].detach().clone()
+        for i, layer in enumerate(cache.layers)
+        for kind in ("conv_states", "recurrent_states")
+        if hasattr(layer, kind)
+    }
+
+
+def test_the_hybrid_tiny_model_has_linear_layers_and_two_full_attention_layers(hybrid_model):
+    _, model, _ = hybrid_model
+    from transformers import DynamicCache
+
+    from vreason.pruning import kv_cache_layers
+
+    types = model.config.get_text_config().layer_types
+    assert types == ["linear_attention"] * 3 + ["full_attention"] + ["linear_attention"] * 3 + [
+        "full_attention"
+    ]
+    assert family_of(model).kv_layers(model) == [3, 7]
+    assert kv_cache_layers(DynamicCache(config=model.config)) == [3, 7]  # the cache agrees with the family
+
+
+def test_the_controller_never_changes_the_linear_layers_state(hybrid_model, mp4_videos):
+    """Prefill two caches; steer one with a nonzero ΔV on the last layer through an optimisation step
+    (forward with autograd, backward): every linear layer's convolution and recurrent state, and the
+    stored values, are bit for bit those of a plain forward of the same token, while the logits moved."""
+    from conftest import decode_logits, prefill
+    from transformers import DynamicCache
+
+    from vreason.positions import select_positions
+
+    _, model, processor = hybrid_model
+    inputs = inputs_for(processor, [("Which way?", mp4_videos["up_blue"])])
+    caches = [DynamicCache(config=model.config) for _ in range(2)]
+    for cache in caches:
+        position_ids, token = prefill(model, inputs, cache)
+    prefilled = linear_states(caches[0])
+    assert len(prefilled) == 2 * 6 and all(t.abs().sum() > 0 for t in prefilled.values())
+    positions = select_positions("video", model, inputs)
+    controller = ValueCacheController()
+    controller.measure(model, caches[0], positions)
+    controller.attach(model, caches[0], positions)
+    assert linear_states(caches[0]).keys() == prefilled.keys()
+    assert all(torch.equal(linear_states(caches[0])[k], prefilled[k]) for k in prefilled)  # attach
+    with torch.no_grad():
+        controller.params[0].normal_(std=1.0)
+    model.requires_grad_(False)
+    with torch.enable_grad(), controller.applied():
+        steered = decode_logits(model, token, inputs["attention_mask"], position_ids, caches[0])
+    steered.float().logsumexp(-1).sum().backward()
+    assert controller.params[0].grad is not None and controller.params[0].grad.abs().sum() > 0
+    with torch.no_grad():
+        plain = decode_logits(model, token, inputs["attention_mask"], position_ids, caches[1])
+    assert not torch.allclose(steered, plain)
+    after, reference = linear_states(caches[0]), linear_states(caches[1])
+    for key, state in reference.items():
+        assert torch.equal(after[key], state) and not after[key].requires_grad, key
+        assert not torch.equal(state, prefilled[key])  # the decoded token did enter the state
+    for i in (3, 7):
+        assert torch.equal(caches[0].layers[i].values, caches[1].layers[i].values)
+
+
+def test_lite_evicts_from_the_full_attention_layers_and_leaves_the_linear_state(hybrid_model, mp4_videos):
+    from conftest import prefill
+    from transformers import DynamicCache
+
+    from vreason.positions import select_positions
+
+    _, model, processor = hybrid_model
+    inputs = inputs_for(processor, [("Which way?", mp4_videos["up_blue"])])
+    cache = DynamicCache(config=model.config)
+    prefill(model, inputs, cache)
+    before = linear_states(cache)
+    positions = select_positions("video", model, inputs)
+    length = inputs["input_ids"].shape[1]
+    pruned = L2NormPruner(keep_ratio=0.5).prune(cache, positions, inputs["attention_mask"])
+    assert pruned is not None
+    n_video = int(positions.sum())
+    for i in (3, 7):
+        assert cache.layers[i].keys.shape[2] == cache.layers[i].values.shape[2] == length - n_video // 2
+    after = linear_states(cache)
+    assert all(torch.equal(after[key], state) for key, state in before.items())
+
+
+@pytest.mark.parametrize("layer", [2, -2, 4])
+def test_naming_a_linear_attention_layer_is_an_error_listing_the_full_attention_layers(hybrid_model, layer):
+    _, model, _ = hybrid_model
+    from vreason.controllers.base import kv_layer_index
+
+    with pytest.raises(ValueError, match=r"is a linear_attention layer.*\(full_attention\) are \[3, 7\]"):
+        kv_layer_index(model, layer)
+    with pytest.raises(ValueError, match="has 8 decoder layers"):
+        kv_layer_index(model, 8)
+    assert [kv_layer_index(model, i) for i in (-1, 3, 7, -5)] == [7, 3, 7, 3]  # the model's own numbering
+
+
+def test_vreason_on_an_earlier_full_attention_layer_steps_through_the_linear_layers(hybrid_model, mp4_videos):
+    """ΔV on layer 3 reaches the logits through linear layers 4-6, whose recurrent state transformers
+    updates in place: an optimisation step at every token (each backward would otherwise meet the last
+    step's graph in the cache) runs without faults and moves the entropy."""
+    _, model, processor = hybrid_model
+    inputs = inputs_for(processor, [("Which way?", mp4_videos["up_blue"])])
+    off = Decoder(model, None, greedy(), eos_token_id=[]).generate(inputs)[0]
+    method = Method(
+        controller=ValueCacheController(layer=3),
+        optimizer=OptimizerConfig(lr=0.1),
+        schedule=FixedStepSchedule(step_size=1),
+    )
+    on = Decoder(model, method, greedy(), eos_token_id=[]).generate(inputs)[0]
+    assert on.faults == [] and sum(on.optimized) == N_TOKENS - 1
+    assert on.controller_norm[-1] > 0 and on.entropy[1:] != off.entropy[1:]

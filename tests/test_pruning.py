@@ -10,7 +10,7 @@ from transformers import DynamicCache
 from vreason.controllers.value_cache import ValueCacheController
 from vreason.engine import Decoder, Method, OptimizerConfig
 from vreason.positions import select_positions
-from vreason.pruning import L2NormPruner, evict, keep_index
+from vreason.pruning import L2NormPruner, evict, keep_index, kv_cache_layers
 from vreason.sampling import SamplingConfig
 from vreason.schedule import FixedStepSchedule
 
@@ -106,3 +106,58 @@ def test_uneven_eviction_in_a_batch_left_pads_rows():
 def test_keep_ratio_is_validated():
     with pytest.raises(ValueError, match="keep_ratio"):
         L2NormPruner(keep_ratio=0.0)
+
+
+# --- a hybrid cache (Qwen3.5): linear-attention layers hold a recurrent state, not keys and values --------
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3_5_inputs(mp4_videos):
+    from conftest import mp4_batch
+
+    from vreason.families import family_named
+
+    model, processor = family_named("qwen3_5").tiny(seed=0)
+    specs = [("Which way does it move?", mp4_videos["right_red"]), ("Colour?", mp4_videos["up_blue"])]
+    return model, mp4_batch(processor, specs)
+
+
+def test_scores_are_the_mean_over_the_full_attention_layers_only(tiny_qwen3_5_inputs):
+    model, inputs = tiny_qwen3_5_inputs
+    cache = DynamicCache(config=model.config)
+    prefill(model, inputs, cache)
+    assert kv_cache_layers(cache) == [3, 7] and not hasattr(cache.layers[0], "values")
+    by_hand = (
+        cache.layers[3].values.norm(dim=-1).mean(dim=1) + cache.layers[7].values.norm(dim=-1).mean(dim=1)
+    ) / 2
+    torch.testing.assert_close(L2NormPruner().scores(cache), by_hand)
+
+
+def test_eviction_equals_masking_on_the_full_attention_layers(tiny_qwen3_5_inputs):
+    """One decode step of a left-padded batch after evicting half the video tokens from layers 3 and 7
+    vs keeping them and masking them out: same logits; the linear layers' states are untouched."""
+    model, inputs = tiny_qwen3_5_inputs
+    caches = [DynamicCache(config=model.config) for _ in range(2)]
+    for cache in caches:
+        position_ids, token = prefill(model, inputs, cache)
+    positions = select_positions("video", model, inputs)
+    keep = L2NormPruner(keep_ratio=0.5).select(caches[0], positions)
+    assert 0 < int((~keep).sum()) < int(positions.sum())
+    recurrent = caches[0].layers[0].recurrent_states[0].clone()
+    eviction = keep_index(keep)
+    evict(caches[0], eviction)
+    assert torch.equal(caches[0].layers[0].recurrent_states[0], recurrent)
+    evicted_mask = eviction.gather(inputs["attention_mask"], dim=1) * eviction.valid
+    masked_mask = inputs["attention_mask"] * keep
+    logits = []
+    for cache, mask in ((caches[0], evicted_mask), (caches[1], masked_mask)):
+        with torch.no_grad():
+            logits.append(decode_logits(model, token, mask, position_ids, cache))
+    lengths = [cache.layers[7].values.shape[2] for cache in caches]  # the prompt and the decoded token
+    assert lengths[0] == evicted_mask.shape[1] + 1 < lengths[1] == inputs["input_ids"].shape[1] + 1
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+    plain = DynamicCache(config=model.config)
+    prefill(model, inputs, plain)
+    with torch.no_grad():
+        unpruned = decode_logits(model, token, inputs["attention_mask"], position_ids, plain)
+    assert not torch.allclose(logits[0], unpruned, rtol=1e-5, atol=1e-5)  # eviction did change something

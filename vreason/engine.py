@@ -105,9 +105,13 @@ def cache_argument(model: PreTrainedModel) -> str:
 
 
 def cache_bytes(cache: DynamicCache) -> int:
-    """Bytes held by the keys and values of every layer of ``cache``."""
+    """Bytes held by the keys and values of every layer of ``cache`` that keeps them (a hybrid model's
+    linear-attention layers hold a fixed-size recurrent state instead, not counted here)."""
     return sum(
-        t.nbytes for layer in cache.layers for t in (layer.keys, layer.values) if isinstance(t, Tensor)
+        t.nbytes
+        for layer in cache.layers
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+        if isinstance(t, Tensor)
     )
 
 

@@ -5,6 +5,12 @@ over all heads of all layers; the lowest ``1 - keep_ratio`` fraction is removed 
 values of every layer. Eviction is physical (the cache gets shorter); the decode loop tracks
 logical positions itself, so rotary positions of later tokens are unchanged.
 
+"All layers" are the layers that keep keys and values (``kv_cache_layers``). In a hybrid model
+(Qwen3.5: Gated DeltaNet linear-attention layers between full-attention ones) the linear layers hold a
+convolution and a recurrent state that already folded every prompt token in during prefill: there is
+no per-token entry to evict, so they are left as prefill made them, and both the score and the
+eviction cover the full-attention layers only.
+
 In a batch, samples may evict different numbers of tokens; rows are left-padded with masked slots
 to a common length, so attention sees exactly the kept positions of each sample.
 """
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from transformers import Cache
+from transformers.cache_utils import CacheLayerMixin
 
 from vreason.registry import PRUNERS
 
@@ -53,9 +60,18 @@ def keep_index(keep: Tensor) -> Eviction:
     return Eviction(index=index, valid=valid)
 
 
+def kv_cache_layers(cache: Cache) -> list[int]:
+    """Indices of the cache layers that keep keys and values: all of a transformer's; a hybrid model's
+    full-attention layers, not its linear-attention (recurrent-state) ones. transformers' own split:
+    key/value layers are ``CacheLayerMixin``s, linear-attention ones are not (``Cache.is_linear``)."""
+    return [i for i, layer in enumerate(cache.layers) if isinstance(layer, CacheLayerMixin)]
+
+
 def evict(cache: Cache, eviction: Eviction) -> None:
-    """Physically re-index every layer's keys and values ([batch, heads, len, head_dim])."""
-    for layer in cache.layers:
+    """Physically re-index the keys and values ([batch, heads, len, head_dim]) of every layer that keeps
+    them; a linear-attention layer's recurrent state is not touched."""
+    for index in kv_cache_layers(cache):
+        layer = cache.layers[index]
         layer.keys = eviction.gather(layer.keys, dim=2)
         layer.values = eviction.gather(layer.values, dim=2)
 
@@ -63,7 +79,8 @@ def evict(cache: Cache, eviction: Eviction) -> None:
 @PRUNERS.register("l2_norm")
 @dataclass
 class L2NormPruner:
-    """Keep the ``keep_ratio`` highest-scoring selected tokens (ceil); drop the rest from all layers.
+    """Keep the ``keep_ratio`` highest-scoring selected tokens (ceil); drop the rest from all layers that
+    keep keys and values (a hybrid model's full-attention layers).
 
     Args:
         keep_ratio: fraction of selected (video) tokens kept; 0.5 in the paper, 1.0 keeps everything.
@@ -81,10 +98,10 @@ class L2NormPruner:
 
     @torch.no_grad()
     def scores(self, cache: Cache) -> Tensor:
-        """[batch, len] mean over layers and heads of each position's value-vector L2 norm."""
-        first = cache.layers[0].values.device  # a sharded model: layers' caches on several devices
-        per_layer = [layer.values.float().norm(dim=-1).mean(dim=1).to(first) for layer in cache.layers]
-        return torch.stack(per_layer).mean(dim=0)
+        """[batch, len] mean over the key/value layers and heads of each position's value-vector L2 norm."""
+        values = [cache.layers[i].values for i in kv_cache_layers(cache)]
+        first = values[0].device  # a sharded model: layers' caches on several devices
+        return torch.stack([v.float().norm(dim=-1).mean(dim=1).to(first) for v in values]).mean(dim=0)
 
     @torch.no_grad()
     def select(self, cache: Cache, positions: Tensor) -> Tensor:

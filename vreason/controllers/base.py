@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 from transformers import Cache, PreTrainedModel
+from transformers.cache_utils import LinearAttentionCacheLayerMixin
 
 KVTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -96,16 +97,86 @@ def _transforming_class(base: type) -> type:
     return _TRANSFORMING_CLASSES[base]
 
 
+@contextmanager
+def stored_off_the_graph(cache: Cache) -> Iterator[None]:
+    """During a forward with autograd on (an optimisation step), keep what it stores in ``cache`` off the
+    autograd graph; a no-op when autograd is off.
+
+    The layers after the steered one compute this token's keys and values (and, in a hybrid model, its
+    convolution and recurrent states) from hidden states that depend on ΔV. Left attached, they would
+    carry this step's graph into the next optimisation step, whose backward would then run into freed
+    buffers; and transformers updates a linear-attention layer's recurrent state in place (``copy_``)
+    into the tensor the delta rule read and autograd saved, which backward refuses. Eq. 1's gradient
+    flows through the current forward only (the engine's one forward per token), so within the context a
+    linear-attention layer stores its new recurrent state as a fresh tensor instead, and on leaving,
+    everything stored is detached. The stored values are exactly what a plain forward stores.
+    """
+    if not torch.is_grad_enabled():
+        yield
+        return
+    swapped = {}
+    for index, layer in enumerate(cache.layers):
+        if isinstance(layer, LinearAttentionCacheLayerMixin):
+            proxy = object.__new__(_out_of_place_class(type(layer)))
+            proxy.__dict__ = layer.__dict__
+            cache.layers[index], swapped[index] = proxy, layer
+    try:
+        yield
+    finally:
+        for index, layer in swapped.items():
+            cache.layers[index] = layer
+        for layer in cache.layers:
+            _detach_stored(layer)
+
+
+def _detach_stored(layer: object) -> None:
+    for name in ("keys", "values"):
+        tensor = getattr(layer, name, None)
+        if isinstance(tensor, Tensor) and tensor.requires_grad:
+            setattr(layer, name, tensor.detach())
+    for name in ("conv_states", "recurrent_states"):
+        for key, tensor in getattr(layer, name, {}).items():
+            if isinstance(tensor, Tensor) and tensor.requires_grad:
+                getattr(layer, name)[key] = tensor.detach()
+
+
+_OUT_OF_PLACE_CLASSES: dict[type, type] = {}
+
+
+def _out_of_place_class(base: type) -> type:
+    if base not in _OUT_OF_PLACE_CLASSES:
+
+        def update_recurrent_state(self, recurrent_states: Tensor, state_idx: int = 0, **kwargs) -> Tensor:
+            stored = self.recurrent_states[state_idx]
+            if stored is None:  # before prefill: nothing read, nothing saved by autograd
+                return base.update_recurrent_state(self, recurrent_states, state_idx, **kwargs)
+            self.recurrent_states[state_idx] = recurrent_states.detach().to(stored.dtype, copy=True)
+            return self.recurrent_states[state_idx]
+
+        _OUT_OF_PLACE_CLASSES[base] = type(
+            f"OutOfPlace{base.__name__}", (base,), {"update_recurrent_state": update_recurrent_state}
+        )
+    return _OUT_OF_PLACE_CLASSES[base]
+
+
 def kv_layer_index(model: PreTrainedModel, layer: int) -> int:
-    """The decoder layer a cache controller steers: ``layer`` counted among the layers that keep keys
-    and values (-1, the paper's choice, is the last of them), as the model's family lists them."""
+    """The decoder layer a cache controller steers: ``layer`` counted as the model counts its decoder
+    layers (negative from the end: -1, the paper's choice, is the last layer). It must keep keys and
+    values, as the model's family lists them: in a hybrid model (Qwen3.5) only the full-attention
+    layers do, and naming a linear-attention layer is refused with the list of those that do."""
     from vreason.families import family_of
 
+    text = model.config.get_text_config()
+    n_layers = text.num_hidden_layers
     layers = family_of(model).kv_layers(model)
-    if layer < 0:
-        if -layer > len(layers):
-            raise ValueError(f"controller layer {layer}: the model has {len(layers)} layers with a KV cache")
-        return layers[layer]
-    if layer not in layers:
-        raise ValueError(f"controller layer {layer} is not one of the model's KV-cache layers {layers}")
-    return layer
+    index = layer + n_layers if layer < 0 else layer
+    if not 0 <= index < n_layers:
+        raise ValueError(f"controller.layer {layer}: the model has {n_layers} decoder layers")
+    if index not in layers:
+        kinds = getattr(text, "layer_types", None)
+        kind = f"a {kinds[index]} layer" if kinds else "a layer"
+        raise ValueError(
+            f"controller.layer {layer} (decoder layer {index}) is {kind}, which keeps no key/value cache to "
+            f"steer; the model's layers with one ({'full_attention' if kinds else 'KV cache'}) are {layers}"
+        )
+    return index

@@ -31,7 +31,12 @@ import torch
 from torch import Tensor
 from transformers import Cache, PreTrainedModel
 
-from vreason.controllers.base import Controller, kv_layer_index, transformed_cache_layer
+from vreason.controllers.base import (
+    Controller,
+    kv_layer_index,
+    stored_off_the_graph,
+    transformed_cache_layer,
+)
 from vreason.registry import CONTROLLERS
 
 NormDims = Literal["block", "head", "token"]
@@ -137,5 +142,8 @@ class ValueCacheController(Controller):
     def applied(self) -> Iterator[None]:
         if self._cache is None:
             raise RuntimeError("controller is not attached: call attach() after prefill")
-        with transformed_cache_layer(self._cache, self._layer_index, self._transform):
+        with (
+            transformed_cache_layer(self._cache, self._layer_index, self._transform),
+            stored_off_the_graph(self._cache),
+        ):
             yield
