@@ -45,14 +45,17 @@ def test_load_run_round_trips_params_and_predictions(tracking, tmp_path):
     assert (by_id.run_id, by_id.name, by_id.params) == (first_id, "smoke", {"seed": "0", "method.lr": "1e-3"})
     assert by_id.predictions == first
 
-    by_name = analysis.load_run("smoke", tracking_uri=uri, experiment="analysis-test")
-    assert by_name.run_id == second_id and by_name.predictions == second  # the latest run of that name
+    with pytest.raises(analysis.AmbiguousRunName, match=second_id):  # two runs share the name
+        analysis.load_run("smoke", tracking_uri=uri, experiment="analysis-test")
+    third_id = log_run(tmp_path, experiment_id, "smoke-lr1e-2", {"seed": 0}, second)
+    by_name = analysis.load_run("smoke-lr1e-2", tracking_uri=uri, experiment="analysis-test")
+    assert by_name.run_id == third_id and by_name.predictions == second
 
     latest = analysis.load_runs(tracking_uri=uri, experiment="analysis-test", latest=2)
-    assert [r.run_id for r in latest] == [second_id, first_id]
-    assert [r.run_id for r in analysis.load_runs([first_id, "smoke"], tracking_uri=uri)] == [
+    assert [r.run_id for r in latest] == [third_id, second_id]
+    assert [r.run_id for r in analysis.load_runs([first_id, "smoke-lr1e-2"], tracking_uri=uri)] == [
         first_id,
-        second_id,
+        third_id,
     ]
 
 

@@ -59,3 +59,43 @@ def test_plots_of_runs_without_traces_do_not_fail():
         analysis.plot_token_counts(empty),
     ):
         assert png_bytes(figure).startswith(b"\x89PNG")
+
+
+def texts(figure: Figure) -> str:
+    return " ".join(t.get_text() for ax in figure.axes for t in ax.texts)
+
+
+def test_a_plot_without_data_says_nothing_to_show_and_why():
+    baseline = Run(
+        "id-b",
+        "smoke/plain",
+        params={"method.controller.name": "none"},
+        predictions=plotted_runs()[0].predictions,
+    )
+    for p in baseline.predictions:
+        p["trace"]["optimized"] = [False] * len(p["trace"]["optimized"])
+    alpha = analysis.plot_alpha_histogram([baseline])  # a baseline has no optimisation step to count
+    assert "nothing to show" in texts(alpha) and "a baseline never optimises" in texts(alpha)
+    assert not [p for p in alpha.axes[0].patches]  # no empty bars pretending to be data
+    empty = [Run("id-x", "x", predictions=[prediction("a", failed=True)])]
+    assert "nothing to show" in texts(analysis.plot_token_counts(empty))
+    assert "nothing to show" in texts(analysis.plot_entropy_curves(empty))
+
+
+def test_baselines_are_labelled_and_token_plots_mark_max_new_tokens():
+    base, steered = plotted_runs()
+    base.params.update({"method.controller.name": "none", "sampling.max_new_tokens": "16"})
+    steered.params["sampling.max_new_tokens"] = "16"
+    tokens = analysis.plot_token_counts([base, steered])
+    legend = [t.get_text() for t in tokens.axes[0].get_legend().get_texts()]
+    assert (
+        legend[:2] == ["base (baseline)", "vreason"] and "max_new_tokens = 16" in legend and "mean" in legend
+    )
+    assert any(
+        line.get_ydata()[0] == 16 for line in tokens.axes[0].get_lines() if line.get_linestyle() == "--"
+    )
+    curves = analysis.plot_entropy_curves([base, steered])
+    labels = [t.get_text() for t in curves.axes[0].get_legend().get_texts()]
+    assert labels[0].startswith("base (baseline): entropy") and "max_new_tokens = 16" in labels
+    single = analysis.plot_entropy_curves([base])
+    assert single.axes[0].get_title().startswith("base (baseline):")  # a per-run plot names its run

@@ -1,4 +1,6 @@
-"""``vreason compare`` on a baseline and a V-Reason smoke run: a table with both rows, logged to MLflow."""
+"""``vreason compare`` on a baseline and a V-Reason smoke run: a table with the baseline labelled and its
+columns explained, logged to MLflow as one tagged comparison run whose statistics are metrics; a name
+several runs share is refused with the candidates, and a missing store is named."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from vreason.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 
 
 def test_compare_two_smoke_runs(tmp_path, monkeypatch, capsys):
@@ -20,20 +23,71 @@ def test_compare_two_smoke_runs(tmp_path, monkeypatch, capsys):
         "data.synthetic_size=4",
         "sampling.max_new_tokens=12",
     ]
-    for config, out in (("smoke_baseline.yaml", "base"), ("smoke.yaml", "vreason")):
-        assert main(["run", str(ROOT / "experiments" / config), f"output_dir={tmp_path}/{out}", *common]) == 0
+    assert main(["run", SMOKE, f"output_dir={tmp_path}/base", "method=baseline", *common]) == 0
+    assert main(["run", SMOKE, f"output_dir={tmp_path}/vreason", *common]) == 0
     capsys.readouterr()
     out = tmp_path / "report" / "comparison.md"
-    args = ["compare", "smoke_baseline", "smoke", "--tracking-uri", uri, "--experiment", "vreason-smoke"]
+    names = ["smoke/baseline", "smoke/vreason-k4-lr3e-4"]
+    args = ["compare", *names, "--tracking-uri", uri, "--experiment", "vreason-smoke"]
     assert main([*args, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("| smoke")]
-    assert [r.split("|")[1].strip() for r in rows] == ["smoke_baseline", "smoke"]
+    assert [r.split("|")[1].strip() for r in rows] == names
+    assert [r.split("|")[2].strip() for r in rows] == ["baseline", "vs baseline"]
     assert "| 4 |" in rows[1]  # four paired samples
+    assert "Baseline: smoke/baseline" in printed and "Confidence level 95%" in printed
+    assert "ci_low/ci_high = 95% paired-bootstrap interval" in printed and "mcnemar_p" in printed
+    assert "logged this comparison as MLflow run" in printed and "vreason-compare" in printed
     assert out.read_text().count("\n| smoke") == 2 and out.with_suffix(".csv").exists()
 
     client = MlflowClient(tracking_uri=uri)
-    compare_runs = client.search_runs([client.get_experiment_by_name("vreason-compare").experiment_id])
-    assert len(compare_runs) == 1 and compare_runs[0].info.run_name == "smoke_baseline vs smoke"
-    artifacts = {a.path for a in client.list_artifacts(compare_runs[0].info.run_id, "plots")}
+    experiment = client.get_experiment_by_name("vreason-compare").experiment_id
+    [comparison] = client.search_runs([experiment])
+    assert comparison.info.run_name == "compare: smoke/baseline vs smoke/vreason-k4-lr3e-4"
+    assert comparison.data.tags["vreason.kind"] == "comparison"
+    assert comparison.data.tags["baseline"] == "smoke/baseline"
+    assert set(comparison.data.metrics) == {
+        "diff",
+        "ci_low",
+        "ci_high",
+        "mcnemar_p",
+        "token_diff",
+        "wilcoxon_p",
+    }
+    assert (
+        comparison.data.metrics["ci_low"]
+        <= comparison.data.metrics["diff"]
+        <= comparison.data.metrics["ci_high"]
+    )
+    artifacts = {a.path for a in client.list_artifacts(comparison.info.run_id, "plots")}
     assert "plots/entropy_curves.png" in artifacts and "plots/alpha_before_peak.png" in artifacts
+
+    assert main(args) == 0  # the same comparison again updates that run
+    assert "updated this comparison" in capsys.readouterr().out
+    assert len(client.search_runs([experiment])) == 1
+
+    # a name two runs share is refused, listing both with id, start time and method
+    assert main(["run", SMOKE, f"output_dir={tmp_path}/again", *common]) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "2 runs are named 'smoke/vreason-k4-lr3e-4'" in err and "give one by its id" in err
+    ids = [
+        r.info.run_id
+        for r in client.search_runs([client.get_experiment_by_name("vreason-smoke").experiment_id])
+    ]
+    assert (
+        sum(run_id in err for run_id in ids) == 2 and "started " in err and "method vreason-k4-lr3e-4" in err
+    )
+
+
+def test_compare_from_another_folder_names_the_missing_store(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(
+            ["compare", "smoke/baseline", "smoke/vreason-k4-lr3e-4", "--tracking-uri", "sqlite:///mlflow.db"]
+        )
+        == 2
+    )
+    assert f"no MLflow store at {tmp_path}/mlflow.db" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()  # nothing created

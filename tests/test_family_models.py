@@ -341,3 +341,20 @@ def test_vreason_on_an_earlier_full_attention_layer_steps_through_the_linear_lay
     on = Decoder(model, method, greedy(), eos_token_id=[]).generate(inputs)[0]
     assert on.faults == [] and sum(on.optimized) == N_TOKENS - 1
     assert on.controller_norm[-1] > 0 and on.entropy[1:] != off.entropy[1:]
+
+
+def test_a_linear_attention_layer_for_the_controller_stops_the_run_before_any_record(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    overrides = [
+        "model.kind=tiny",
+        "model.family=qwen3_5",
+        "method.controller.layer=2",
+        f"output_dir={tmp_path}/out",
+        "tracking.enabled=false",
+    ]
+    assert main(["run", str(SMOKE), *overrides]) == 2
+    message = capsys.readouterr().err
+    assert "controller.layer 2" in message and "[3, 7]" in message
+    assert not (tmp_path / "out" / "predictions.jsonl").exists()

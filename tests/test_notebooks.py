@@ -1,5 +1,6 @@
 """The analysis notebooks run top to bottom on a fresh V-Reason run and a fresh baseline run, draw their
-figures, and are stored the way git keeps them: outputs stripped, parameters first."""
+figures, refuse a run name two runs share, and are stored the way git keeps them: outputs stripped,
+parameters first."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -19,13 +21,14 @@ CELL_TIMEOUT_S = 120
 SMALL = ["data.synthetic_size=4", "sampling.max_new_tokens=24"]
 
 
-def vreason_run(config: str, out: str, tmp: Path) -> None:
+def vreason_run(config: str, out: str, tmp: Path, *overrides: str) -> None:
     """``vreason run`` in a subprocess, with every file it writes inside ``tmp``."""
     args = [
         f"output_dir={tmp}/{out}",
         f"data.root={tmp}/data",
         f"tracking.uri=sqlite:///{tmp}/mlflow.db",
         *SMALL,
+        *overrides,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
@@ -42,10 +45,11 @@ def vreason_run(config: str, out: str, tmp: Path) -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    """A directory holding ``mlflow.db`` with one ``smoke`` and one ``smoke_baseline`` run."""
+    """A directory holding ``mlflow.db`` with the runs the notebooks read by default: the smoke config's
+    V-Reason run and its baseline (``smoke/vreason-k4-lr3e-4``, ``smoke/baseline``)."""
     tmp = tmp_path_factory.mktemp("notebooks")
     vreason_run("smoke.yaml", "out", tmp)
-    vreason_run("smoke_baseline.yaml", "out_base", tmp)
+    vreason_run("smoke.yaml", "out_base", tmp, "method=baseline")
     return tmp
 
 
@@ -93,3 +97,13 @@ def test_notebook_runs_on_fresh_runs_and_draws_a_figure(path, store):
     outputs = [output for cell in cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name} drew no figure"
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "smoke/baseline: MLflow run" in printed and "smoke/vreason-k4-lr3e-4: MLflow run" in printed
+
+
+def test_a_notebook_refuses_a_run_name_two_runs_share(store):
+    vreason_run("smoke.yaml", "out_again", store)  # a second run named smoke/vreason-k4-lr3e-4
+    notebook = nbformat.read(ROOT / "notebooks" / "entropy_curves.ipynb", as_version=4)
+    client = NotebookClient(notebook, kernel_name="python3", timeout=CELL_TIMEOUT_S)
+    with pytest.raises(CellExecutionError, match="2 runs are named 'smoke/vreason-k4-lr3e-4'"):
+        client.execute(env=kernel_env(store))

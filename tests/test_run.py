@@ -57,24 +57,51 @@ def test_smoke_config_runs_end_to_end_and_is_recorded_in_mlflow(tmp_path):
     proc = cli(["run", str(SMOKE), *paths(tmp_path)], cwd=tmp_path)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
-    assert "| smoke |" in out and "mlflow ui --backend-store-uri" in out
 
     client, run = only_run(tmp_path, "vreason-smoke")
-    assert run.info.status == "FINISHED"
+    run_id, experiment = run.info.run_id, run.info.experiment_id
+    # The end of the output: the table with only the benchmark that ran, the run's id and page, the UI.
+    assert "| run | synthetic | tokens | failed |" in out and "| smoke/vreason-k4-lr3e-4 |" in out
+    assert f"id {run_id}" in out and f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}" in out
+    assert f"ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db --host 127.0.0.1 --port 5000" in out
+    assert "method=baseline" in out  # how to get a baseline to compare with
+    assert_quiet(out)
+
+    assert run.info.status == "FINISHED" and run.info.run_name == "smoke/vreason-k4-lr3e-4"
+    assert run.data.tags["method"] == "vreason-k4-lr3e-4" and run.data.tags["benchmarks"] == "synthetic"
+    assert run.data.tags["model"] == "tiny_qwen2_5_vl" and run.data.tags["seed"] == "0"
+    assert run.data.tags["vreason_version"] and len(run.data.tags["mlflow.source.git.commit"]) == 40
+    assert "| smoke/vreason-k4-lr3e-4 |" in run.data.tags["mlflow.note.content"]  # the description
     assert run.data.params["method.controller.name"] == "value_cache"
     assert run.data.params["method.schedule.step_size"] == "4"
+    assert client.get_experiment(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
     metrics = run.data.metrics
     assert metrics["samples"] == 8 and metrics["failed"] == 0
     assert 0.0 <= metrics["synthetic/acc"] <= 1.0
     assert metrics["mean_output_tokens"] > 0 and metrics["seconds_per_sample"] > 0
     assert metrics["optimization_steps_per_sample"] > 0
-    curve = client.get_metric_history(run.info.run_id, "curve/entropy_mean")
-    assert len(curve) > 8 and [m.step for m in curve] == list(range(len(curve)))
+    predictions = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    every_entropy = [h for p in predictions for h in p["trace"]["entropy"]]
+    assert metrics["entropy_mean"] == pytest.approx(sum(every_entropy) / len(every_entropy))
+    assert {"ema_final_mean", "ema_peak_step_mean", "delta_v_norm_final_mean"} <= set(metrics)
+    longest = max(p["num_tokens"] for p in predictions)
+    for key in HISTORIES:
+        history = client.get_metric_history(run_id, key)
+        assert [m.step for m in history] == list(range(1, longest + 1)), key  # token index, from 1
+    share = [m.value for m in client.get_metric_history(run_id, "per_token/optimizing_share")]
+    assert share[3] == 1.0 and share[0] == share[1] == share[2] == 0.0  # tokens k, 2k, ... with k = 4
+    entropy = client.get_metric_history(run_id, "per_token/entropy_mean")
+    assert entropy[0].value == pytest.approx(sum(p["trace"]["entropy"][0] for p in predictions) / 8)
     assert run.info.artifact_uri.startswith(str(tmp_path / "mlartifacts"))  # beside the store
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"predictions.jsonl", "traces.csv", "plots"} <= artifacts
-    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"predictions.jsonl", "traces.csv", "trace_view.html", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert {"plots/entropy_curve.png", "plots/alpha_before_peak.png", "plots/output_tokens.png"} <= plots
+    page = Path(client.download_artifacts(run_id, "trace_view.html", str(tmp_path))).read_text()
+    steps = [i + 1 for i, o in enumerate(predictions[0]["trace"]["optimized"]) if o]
+    assert f"optimisation steps: {', '.join(map(str, steps))}" in page and "EMA peak at token" in page
+    table = Path(client.download_artifacts(run_id, "traces.csv", str(tmp_path))).read_text().splitlines()
+    assert table[0].split(",")[:4] == ["sample_id", "step", "token_id", "text"]
 
     predictions = read_jsonl(tmp_path / "out" / "predictions.jsonl")
     assert len(predictions) == 8
@@ -92,6 +119,31 @@ def test_smoke_config_runs_end_to_end_and_is_recorded_in_mlflow(tmp_path):
     assert tokens_by_sample(again / "out" / "predictions.jsonl") == tokens_by_sample(
         tmp_path / "out" / "predictions.jsonl"
     )
+
+
+HISTORIES = (
+    "per_token/entropy_mean",
+    "per_token/ema_mean",
+    "per_token/alpha_mean",
+    "per_token/optimizing_share",
+    "per_token/delta_v_norm_mean",
+    "per_token/samples_generating",
+)
+NOISE = (
+    "GPU available",
+    "TPU available",
+    "litlogger",
+    "Tip:",
+    "deprecated",
+    "Warning",
+    "INFO",
+    "transfer_batch",
+)
+
+
+def assert_quiet(out: str) -> None:
+    """Our messages, the bar and the results; no third-party lines, advertisements or warnings."""
+    assert [word for word in NOISE if word in out] == [], out
 
 
 SMALL = ["data.synthetic_size=4", "sampling.max_new_tokens=10"]
@@ -123,7 +175,50 @@ def test_rerun_resumes_the_same_mlflow_run_without_duplicates(tmp_path, monkeypa
     assert main(args) == 0
     header, _, row = report.read_text().splitlines()[:3]
     assert "VSI-Bench (Acc/MRA)" in header and "Avg (wo mra)" in header and "synthetic" in header
-    assert row.startswith("| smoke |")
+    assert row.startswith("| smoke/vreason-k4-lr3e-4 |")
+    assert main([*args[:1], "smoke/vreason-k4-lr3e-4", *args[2:]]) == 0  # a name only one run has
+
+
+def test_a_baseline_beside_it_gets_its_own_name_folder_and_the_same_param_keys(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    common = [f"data.root={tmp_path}/data", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", *TINY]
+    assert main(["run", str(SMOKE), *common]) == 0  # default output_dir: outputs/smoke/vreason
+    assert main(["run", str(SMOKE), *common, "method=baseline"]) == 0  # outputs/smoke/baseline
+    out = capsys.readouterr().out
+    assert "compare:        vreason compare smoke/baseline smoke/vreason-k4-lr3e-4" in out
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("vreason-smoke").experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    assert sorted(by_name) == ["smoke/baseline", "smoke/vreason-k4-lr3e-4"]
+    baseline, vreason = by_name["smoke/baseline"], by_name["smoke/vreason-k4-lr3e-4"]
+    assert set(baseline.data.params) == set(vreason.data.params)  # one schema: they line up in the UI
+    assert (
+        baseline.data.params["method.controller.name"] == "none"
+        and baseline.data.tags["method"] == "baseline"
+    )
+    assert (tmp_path / "outputs/smoke/baseline/predictions.jsonl").exists()
+    assert (tmp_path / "outputs/smoke/vreason/predictions.jsonl").exists()
+    for run in (baseline, vreason):
+        history = client.get_metric_history(run.info.run_id, "per_token/alpha_mean")
+        assert history[0].step == 1
+    assert all(
+        m.value == 0 for m in client.get_metric_history(baseline.info.run_id, "per_token/optimizing_share")
+    )
+
+    # another method in a folder that holds a run stops before the model loads, naming both
+    monkeypatch.setattr("vreason.run.build_model", lambda **_: pytest.fail("model loaded"))
+    capsys.readouterr()
+    other = ["output_dir=outputs/smoke/vreason", "method.schedule.step_size=2"]
+    assert main(["run", str(SMOKE), *common, *other]) == 2
+    err = capsys.readouterr().err
+    assert "'smoke/vreason-k4-lr3e-4'" in err and "'smoke/vreason-k2-lr3e-4'" in err and "output_dir" in err
+
+
+def test_verbose_brings_back_what_the_quiet_terminal_holds_back(tmp_path):
+    proc = cli(["run", str(SMOKE), *paths(tmp_path), *TINY, "--verbose"], cwd=tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "GPU available" in out and out.count("GPU available") == 1  # Lightning's lines, once each
 
 
 def test_two_process_ddp_writes_every_sample_exactly_once(tmp_path):
@@ -184,10 +279,11 @@ def test_killed_run_resumes_with_nothing_lost_or_duplicated(tmp_path):
 
 
 def each_metric_logged_once(client: MlflowClient, run) -> bool:
-    """Every metric has one value per step (curves: steps 0, 1, 2, ... each once)."""
+    """Every metric has one value per step (histories: tokens 1, 2, 3, ... each once)."""
     for key in run.data.metrics:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-        assert steps == list(range(len(steps))) if key.startswith("curve/") else steps == [0], (key, steps)
+        expected = list(range(1, len(steps) + 1)) if key.startswith("per_token/") else [0]
+        assert steps == expected, (key, steps)
     return True
 
 
@@ -243,12 +339,12 @@ def test_a_rerun_after_a_kill_in_the_logging_phase_logs_each_metric_once(tmp_pat
     assert proc.returncode == -9, proc.stdout
     client, run = only_run(tmp_path, "vreason-smoke")
     assert run.info.status == "RUNNING" and "samples" in run.data.metrics  # killed mid-logging
-    assert "curve/ema_mean" not in run.data.metrics
+    assert "per_token/ema_mean" not in run.data.metrics
 
     monkeypatch.chdir(tmp_path)
     assert main(args) == 0
     client, run = only_run(tmp_path, "vreason-smoke")
-    assert run.info.status == "FINISHED" and "curve/ema_mean" in run.data.metrics
+    assert run.info.status == "FINISHED" and "per_token/ema_mean" in run.data.metrics
     assert each_metric_logged_once(client, run)
     assert main(args) == 0  # and once more: still once
     assert each_metric_logged_once(client, client.get_run(run.info.run_id))

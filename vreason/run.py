@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vreason.config import ConfigError, build_method
+from vreason.controllers.base import kv_layer_index
 from vreason.data.arithmetic import arithmetic_problems
 from vreason.data.benchmarks import resolve_benchmark_file
 from vreason.data.records import Record, load_records
@@ -35,7 +37,7 @@ from vreason.models import build_model
 from vreason.positions import POSITIONS
 from vreason.predictions import PredictionStore, exclusive_output_dir
 from vreason.sampling import SamplingConfig
-from vreason.tracking import Tracker, flatten, log_results, summary_metrics
+from vreason.tracking import Tracker, experiment_params, log_results, run_label, run_tags, summary_metrics
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,8 @@ def launched_rank_zero() -> bool:
 
 
 def check_positions(method: Method | None, model: torch.nn.Module) -> None:
-    """A method whose positions the model has no token for (``video`` on a text-only LM) stops here."""
+    """A method whose positions the model has no token for (``video`` on a text-only LM), or whose
+    cache controller names a layer without a KV cache (a hybrid model's linear layers), stops here."""
     if method is None or (method.controller is None and method.pruner is None):
         return
     probe = {"input_ids": torch.zeros(1, 1, dtype=torch.long), "attention_mask": torch.ones(1, 1)}
@@ -85,6 +88,12 @@ def check_positions(method: Method | None, model: torch.nn.Module) -> None:
         POSITIONS.get(method.positions)(model, probe)
     except ValueError as err:
         raise ConfigError(f"method.{err}") from err
+    layer = getattr(method.controller, "layer", None)
+    if isinstance(layer, int) and hasattr(method.controller, "target"):  # value/key cache controllers
+        try:
+            kv_layer_index(model, layer)
+        except ValueError as err:
+            raise ConfigError(f"method.{err}") from err
 
 
 def run_experiment(cfg: DictConfig) -> dict[str, float] | None:
@@ -109,10 +118,11 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, float] | None:
     video = video_config(cfg)
     tracker = None
     if cfg.tracking.enabled and launched_rank_zero():  # opens (or creates) the store; checks a resume
-        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, output_dir)
+        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, output_dir, run_name=run_label(cfg))
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
         strategy=cfg.trainer.strategy,
         precision=cfg.trainer.precision,
         inference_mode=False,  # V-Reason takes gradient steps inside predict
@@ -136,9 +146,11 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, float] | None:
         max_prompt_tokens=context_length(model),
     )
     if tracker is not None:
-        tracker.start(cfg.tracking.run_name or cfg.name, dict(cfg.tracking.tags))
+        tracker.start(run_label(cfg), run_tags(cfg))
     try:
-        metrics = _predict_and_record(cfg, trainer, module, collator, store, records, todo, tracker)
+        metrics = _predict_and_record(
+            cfg, trainer, module, collator, store, records, todo, tracker, tokenizer
+        )
     except BaseException as err:
         if tracker is not None:
             _mark_ended(tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
@@ -146,9 +158,10 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, float] | None:
     return metrics
 
 
-def _predict_and_record(cfg, trainer, module, collator, store, records, todo, tracker):
+def _predict_and_record(cfg, trainer, module, collator, store, records, todo, tracker, tokenizer):
+    params = experiment_params(cfg)
     if tracker is not None:
-        tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        tracker.log_params(params)
     log.info("%d records, %d already done, %d to run", len(records), len(records) - len(todo), len(todo))
     if todo:
         datamodule = RecordDataModule(todo, collator, cfg.data.batch_size, cfg.data.num_workers)
@@ -163,9 +176,16 @@ def _predict_and_record(cfg, trainer, module, collator, store, records, todo, tr
     predictions = [p for p in store.load() if p["sample_id"] in wanted]
     if tracker is None:
         return summary_metrics(predictions)
-    metrics = log_results(tracker, predictions, merged, run_name=cfg.tracking.run_name or cfg.name)
+    metrics = log_results(
+        tracker, predictions, merged, run_name=run_label(cfg), params=params, token_text=token_text(tokenizer)
+    )
     tracker.finish()
     return metrics
+
+
+def token_text(tokenizer) -> Callable[[int], str]:
+    """One token id as the text it adds (for the trace table and the trace view)."""
+    return lambda token_id: tokenizer.decode([token_id], skip_special_tokens=False)
 
 
 def _mark_ended(tracker: Tracker, status: str) -> None:

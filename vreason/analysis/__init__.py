@@ -10,6 +10,8 @@ What the paper reads off a run, and where it lives here:
 - the alpha values at optimisation steps before the EMA peak (Fig. 5, Appendix E):
   ``alpha_before_peak`` (``alpha``), ``plot_alpha_histogram``;
 - output tokens per run (Fig. 1d): ``token_count_distribution`` (``per_sample``), ``plot_token_counts``;
+- finding a run by id or by a name only one run has (``find_run``, ``resolve_run_id``, ``lookup``)
+  and a per-sample HTML trace view, text coloured by entropy (``trace_view_html``, ``trace_view``);
 - paired comparison of two runs on the same samples, seed spread, and a result table:
   ``paired_comparison`` (``paired``), ``seed_summary`` (``seeds``), ``comparison_table``,
   ``markdown_table`` (``tables``).
@@ -32,6 +34,7 @@ A prediction is one line of ``predictions.jsonl``: ``sample_id``, ``benchmark``,
 from vreason.analysis.alpha import AlphaCounts, AlphaSource, alpha_before_peak, alpha_from_ema
 from vreason.analysis.curves import Align, MeanCurve, mean_curve
 from vreason.analysis.loading import PREDICTIONS_ARTIFACT, load_run, load_runs, read_predictions
+from vreason.analysis.lookup import AmbiguousRunName, RunLookupError, check_store, find_run, resolve_run_id
 from vreason.analysis.paired import (
     PairedComparison,
     mcnemar_exact,
@@ -52,9 +55,11 @@ from vreason.analysis.plots import close, plot_alpha_histogram, plot_entropy_cur
 from vreason.analysis.runs import Predictions, Run, finished, run_labels, traces
 from vreason.analysis.seeds import SEED_INDEPENDENT, group_by_config, seed_summary
 from vreason.analysis.tables import comparison_table, markdown_table, run_summary, write_table
+from vreason.analysis.trace_view import trace_view_html
 
 __all__ = [
     "PREDICTIONS_ARTIFACT",
+    "AmbiguousRunName",
     "SEED_INDEPENDENT",
     "Align",
     "AlphaCounts",
@@ -64,12 +69,15 @@ __all__ = [
     "PairedComparison",
     "Predictions",
     "Run",
+    "RunLookupError",
     "alpha_before_peak",
     "alpha_from_ema",
+    "check_store",
     "close",
     "comparison_table",
     "ema_peak",
     "final_entropy",
+    "find_run",
     "finished",
     "group_by_config",
     "load_run",
@@ -85,11 +93,13 @@ __all__ = [
     "plot_entropy_curves",
     "plot_token_counts",
     "read_predictions",
+    "resolve_run_id",
     "run_labels",
     "run_summary",
     "seed_summary",
     "token_count_distribution",
     "trace_summary",
+    "trace_view_html",
     "traces",
     "wilcoxon_signed_rank",
     "write_table",

@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from vreason.analysis.lookup import find_run
 from vreason.analysis.runs import Run
 
 PREDICTIONS_ARTIFACT = "predictions.jsonl"
@@ -55,31 +56,6 @@ def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
     return [found.experiment_id]
 
 
-def _quoted(value: str) -> str:
-    """A string literal for an MLflow filter."""
-    return f'"{value}"' if "'" in value else f"'{value}'"
-
-
-def _find_run(client: MlflowClient, run_id_or_name: str, experiment: str | None) -> Any:
-    """The run with this id; else the latest-started run with this name in ``experiment`` (or in
-    any experiment when None)."""
-    try:
-        return client.get_run(run_id_or_name)
-    except MlflowException as error:
-        if not _not_found(error):
-            raise
-    found = client.search_runs(
-        _experiment_ids(client, experiment),
-        filter_string=f"attributes.run_name = {_quoted(run_id_or_name)}",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not found:
-        where = f"experiment {experiment!r}" if experiment else "any experiment"
-        raise LookupError(f"no MLflow run with id or name {run_id_or_name!r} in {where}")
-    return found[0]
-
-
 def _to_run(mlflow_run: Any, tracking_uri: str | None) -> Run:
     """Params and the ``predictions.jsonl`` artifact (at the artifact root) of an MLflow run."""
     run_id = mlflow_run.info.run_id
@@ -102,11 +78,10 @@ def _to_run(mlflow_run: Any, tracking_uri: str | None) -> Run:
 
 
 def load_run(run_id_or_name: str, tracking_uri: str | None = None, experiment: str | None = None) -> Run:
-    """Load one run by id, or by run name (the latest-started run with that name, searched in
-    ``experiment``, or in every experiment when None). ``tracking_uri`` None uses MLflow's default
-    (``MLFLOW_TRACKING_URI`` or ``mlflow.set_tracking_uri``)."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    return _to_run(_find_run(client, run_id_or_name, experiment), tracking_uri)
+    """Load one run by id, or by a run name only one run has (searched in ``experiment``, or in every
+    experiment when None); a shared name is refused with the candidates listed (``lookup.find_run``).
+    ``tracking_uri`` None uses MLflow's default (``MLFLOW_TRACKING_URI`` or ``mlflow.set_tracking_uri``)."""
+    return _to_run(find_run(run_id_or_name, tracking_uri=tracking_uri, experiment=experiment), tracking_uri)
 
 
 def load_runs(
