@@ -178,3 +178,22 @@ def test_scaling_memory_probe_runs_the_points_call_in_a_fresh_process():
     assert probe["new_tokens"] == 5
     assert positive_finite(probe["peak_total_mib"]) and positive_finite(probe["kv_cache_mib"])
     assert probe["peak_delta_mib"] >= 0
+
+
+def test_phase_timings_run_on_the_tiny_model(capsys):
+    """``python -m bench.phases``: every phase is timed (positive, finite) for each video setting."""
+    import json
+    import math
+
+    from bench.phases import main
+
+    from pathlib import Path
+
+    main(["--config", str(Path(__file__).resolve().parents[1] / "bench/configs/tiny.yaml"), "--repeats", "2"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    phases, machine = rows[:-1], rows[-1]
+    assert phases and "transformers" in machine["machine"]
+    for row in phases:
+        assert row["video_tokens"] > 0
+        timed = [k for k in row if k.endswith("_ms")]
+        assert len(timed) == 8 and all(math.isfinite(row[k]) and row[k] > 0 for k in timed)
