@@ -184,10 +184,9 @@ def test_phase_timings_run_on_the_tiny_model(capsys):
     """``python -m bench.phases``: every phase is timed (positive, finite) for each video setting."""
     import json
     import math
+    from pathlib import Path
 
     from bench.phases import main
-
-    from pathlib import Path
 
     main(["--config", str(Path(__file__).resolve().parents[1] / "bench/configs/tiny.yaml"), "--repeats", "2"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
