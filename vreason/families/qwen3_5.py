@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedModel
 
 from vreason.families import FAMILIES
-from vreason.families.qwen3_vl import _Qwen3VLFamily
+from vreason.families.qwen3_vl import _Qwen3VLFamily, tiny_qwen3_vl_processor
 
 FULL_ATTENTION = "full_attention"
 
@@ -33,24 +33,6 @@ FULL_ATTENTION = "full_attention"
 def full_attention_layers(model: PreTrainedModel) -> list[int]:
     """Decoder layers of a hybrid model whose ``layer_types`` entry is full attention (a KV cache)."""
     return [i for i, kind in enumerate(model.config.get_text_config().layer_types) if kind == FULL_ATTENTION]
-
-
-def tiny_qwen3_vl_processor(tokenizer: Any) -> Any:
-    """A real Qwen3VLProcessor around ``tokenizer``, sized for tiny models (frames of 4-16 32-px tiles)."""
-    from transformers import Qwen3VLProcessor
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
-
-    from vreason.models import CHAT_TEMPLATE
-
-    pixels = {"shortest_edge": 4 * 32 * 32, "longest_edge": 16 * 32 * 32}
-    return Qwen3VLProcessor(
-        image_processor=Qwen2VLImageProcessor(patch_size=16, size=pixels),
-        tokenizer=tokenizer,
-        # frames arrive already sampled and sized by qwen-vl-utils; the processor must not cap them again
-        video_processor=Qwen3VLVideoProcessor(size=pixels, cap_pixels_per_frame=False),
-        chat_template=CHAT_TEMPLATE,
-    )
 
 
 def remember_the_prompt(model: PreTrainedModel, slowest: float = 0.995, fastest: float = 0.8) -> None:
@@ -85,7 +67,13 @@ class _Qwen3_5Family(_Qwen3VLFamily):
         """Eight decoder layers (linear x 3, full, linear x 3, full: the checkpoints' every-fourth pattern,
         with two full-attention layers so that Lite's norm spans several), partial rotary 0.25 and M-RoPE
         sections in the checkpoints' proportions ([11, 11, 10] of 32 -> [3, 3, 2] of 8)."""
-        from vreason.models import TinyDims, byte_level_tokenizer, finish_tiny_model, tiny_text_config
+        from vreason.models import (
+            TinyDims,
+            byte_level_tokenizer,
+            finish_tiny_model,
+            qwen_vision_token_ids,
+            tiny_text_config,
+        )
 
         dims, tok = TinyDims(num_hidden_layers=8), byte_level_tokenizer()
         rope = {
@@ -114,11 +102,8 @@ class _Qwen3_5Family(_Qwen3VLFamily):
                 patch_size=16,
                 num_position_embeddings=64,  # an 8 x 8 grid of learned positions, interpolated
             ),
-            image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-            video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-            vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-            vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
             tie_word_embeddings=False,
+            **qwen_vision_token_ids(tok),
         )
         torch.manual_seed(seed)
         model = finish_tiny_model(model_class(config), dims, seed, dtype)

@@ -40,6 +40,24 @@ def frame_grids(video_grid_thw: Tensor | None) -> Tensor | None:
 VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
 
 
+def tiny_qwen3_vl_processor(tokenizer: Any) -> Any:
+    """A real Qwen3VLProcessor around ``tokenizer``, sized for tiny models (frames of 4-16 32-px tiles)."""
+    from transformers import Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    from vreason.models import CHAT_TEMPLATE
+
+    pixels = {"shortest_edge": 4 * 32 * 32, "longest_edge": 16 * 32 * 32}
+    return Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=16, size=pixels),
+        tokenizer=tokenizer,
+        # frames arrive already sampled and sized by qwen-vl-utils; the processor must not cap them again
+        video_processor=Qwen3VLVideoProcessor(size=pixels, cap_pixels_per_frame=False),
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
 class _Qwen3VLFamily(_MRopeFamily):
     processor_classes = ("Qwen3VLProcessor",)
     patch_factor = 32
@@ -78,15 +96,11 @@ class _Qwen3VLFamily(_MRopeFamily):
         return torch.cat([text_position_ids(mask)[None], rope], dim=0)
 
     def _tiny(self, config_class: type, model_class: type, text_extra: dict, seed: int, dtype: torch.dtype):
-        from transformers import Qwen3VLProcessor
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
-
         from vreason.models import (
-            CHAT_TEMPLATE,
             TinyDims,
             byte_level_tokenizer,
             finish_tiny_model,
+            qwen_vision_token_ids,
             tiny_text_config,
         )
 
@@ -111,23 +125,12 @@ class _Qwen3VLFamily(_MRopeFamily):
                 num_position_embeddings=64,  # an 8 x 8 grid of learned positions, interpolated
                 deepstack_visual_indexes=[0],
             ),
-            image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-            video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-            vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-            vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
             tie_word_embeddings=False,
+            **qwen_vision_token_ids(tok),
         )
         torch.manual_seed(seed)
         model = finish_tiny_model(model_class(config), dims, seed, dtype)
-        pixels = {"shortest_edge": 4 * 32 * 32, "longest_edge": 16 * 32 * 32}
-        processor = Qwen3VLProcessor(
-            image_processor=Qwen2VLImageProcessor(patch_size=16, size=pixels),
-            tokenizer=tok,
-            # frames arrive already sampled and sized by qwen-vl-utils; the processor must not cap them again
-            video_processor=Qwen3VLVideoProcessor(size=pixels, cap_pixels_per_frame=False),
-            chat_template=CHAT_TEMPLATE,
-        )
-        return model, processor
+        return model, tiny_qwen3_vl_processor(tok)
 
 
 @FAMILIES.register("qwen3_vl")
