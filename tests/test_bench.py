@@ -238,3 +238,50 @@ def test_gpu_config_runs_end_to_end_at_toy_size_on_cpu(tmp_path):
         metrics = {(t["variant"], t["metric"]) for t in setting["targets"]}
         assert {("full_k4", "per_token_ratio"), ("full_k4", "batch_scaling")} <= metrics
     assert (tmp_path / "qwen2.5-vl-7b-arch.md").is_file()
+
+
+def test_hybrid_config_runs_end_to_end_at_toy_size(tmp_path):
+    """proxy_hybrid.yaml's pipeline (the random Qwen3.5 builder, Qwen3-VL's processor with timestamps, the
+    real vocabulary) with its sizes shrunk: the loop with the controller off decodes what generate decodes,
+    the KV cache exists on the full-attention layers only, and Lite shrinks it."""
+    shrink = [
+        "model.text.hidden_size=64",
+        "model.text.intermediate_size=128",
+        "model.text.num_hidden_layers=8",
+        "model.text.num_attention_heads=4",
+        "model.text.num_key_value_heads=2",
+        "model.text.head_dim=16",
+        "model.text.mrope_section=[1,1,0]",  # 0.25 of head_dim 16 rotate: 4 dims, 2 frequencies
+        "model.text.linear_num_key_heads=2",
+        "model.text.linear_num_value_heads=4",
+        "model.text.linear_key_head_dim=16",
+        "model.text.linear_value_head_dim=16",
+        "model.vision.hidden_size=32",
+        "model.vision.intermediate_size=64",
+        "model.vision.out_hidden_size=64",
+        "model.vision.num_position_embeddings=16",
+        "videos=[{name: 4f-64px, frames: 4, height: 64, width: 64, min_pixels: 1024, max_pixels: 4096}]",
+        "max_new_tokens=5",
+        "repeats=1",
+        "warmup_tokens=2",
+    ]
+    config = CONFIGS / "proxy_hybrid.yaml"
+    cfg = load_config(config, shrink)
+    from bench.builders import build_model
+
+    model, tokenizer = build_model(cfg.model)
+    assert model.config.text_config.layer_types.count("full_attention") == 2
+    inputs = make_inputs(cfg, tokenizer, cfg.videos[0], batch=1)
+    assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == 2 * 2 * 2  # t x h x w
+    assert "seconds>" in tokenizer.decode(inputs["input_ids"][0])  # Qwen3-VL's timestamps
+    generate = run_variant(model, parse_variant("generate", 0.5), inputs, 4, "video")
+    lite = run_variant(model, parse_variant("lite_k4", 0.5), inputs, 4, "video")
+    # keys and values [batch, kv heads, positions, head_dim] of the two full-attention layers, float32
+    prompt = inputs["input_ids"].shape[1]
+    assert generate.kv_cache_bytes == 2 * 2 * (1 * 2 * (prompt + 3) * 16) * 4
+    assert lite.kv_cache_bytes == generate.kv_cache_bytes - 2 * 2 * (2 * 4 * 16) * 4  # half the video evicted
+    assert lite.optimisation_steps == 1
+    with_throughput = [*shrink, "throughput.batch_sizes=[1]", "variants=[generate,loop_off,full_k4,lite_k4]"]
+    report = run_benchmark(config, with_throughput, tmp_path, "pytest", memory=False, log=lambda line: None)
+    (setting,) = report["settings"]
+    assert setting["loop_off_tokens_match_generate"] is True

@@ -40,15 +40,18 @@ def frame_grids(video_grid_thw: Tensor | None) -> Tensor | None:
 VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
 
 
-def tiny_qwen3_vl_processor(tokenizer: Any) -> Any:
-    """A real Qwen3VLProcessor around ``tokenizer``, sized for tiny models (frames of 4-16 32-px tiles)."""
+def tiny_qwen3_vl_processor(
+    tokenizer: Any, min_pixels: int = 4 * 32 * 32, max_pixels: int = 16 * 32 * 32
+) -> Any:
+    """A real Qwen3VLProcessor around ``tokenizer``, by default sized for tiny models (frames of 4-16
+    32-px tiles; the benchmark's proxies pass larger frames)."""
     from transformers import Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     from vreason.models import CHAT_TEMPLATE
 
-    pixels = {"shortest_edge": 4 * 32 * 32, "longest_edge": 16 * 32 * 32}
+    pixels = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     return Qwen3VLProcessor(
         image_processor=Qwen2VLImageProcessor(patch_size=16, size=pixels),
         tokenizer=tokenizer,
