@@ -102,6 +102,7 @@ class Run:
     decode_s: float  # start of the first decode forward -> end of the call
     decode_cpu_s: float  # process CPU time over the same span (with one intra-op thread: immune to
     # other processes taking the core, not to their use of memory bandwidth)
+    call_cpu_s: float  # process CPU time of the whole call
     plain_step_s: float | None  # median interval between decode-forward starts, forward without autograd
     plain_gap_s: float | None  # median time from the end of such a forward to the next one's start: the
     # decode loop's own work per token (sampling, bookkeeping), without the model
@@ -190,7 +191,7 @@ def run_variant(
     synchronize(device)
     load = ForeignLoad() if Path("/proc/stat").is_file() else None
     with ForwardClock(model, decode_started) as clock:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if variant.uses_generate:
             cache = DynamicCache(config=model.config)  # ours, to measure it afterwards
             with torch.no_grad():
@@ -230,6 +231,7 @@ def run_variant(
         setup_s=clock.starts[1] - clock.prefill_end,
         decode_s=end - clock.starts[1],
         decode_cpu_s=cpu_end - clock.cpu_starts[1],
+        call_cpu_s=cpu_end - cpu_start,
         plain_step_s=statistics.median(plain) if plain else None,
         plain_gap_s=statistics.median(plain_gaps) if plain_gaps else None,
         opt_step_s=statistics.median(opt) if opt else None,

@@ -148,8 +148,14 @@ def variant_row(variant: Variant, own: list[Run], reference: list[Run]) -> dict[
     def step(run: Run) -> float:  # mean interval between decode forwards
         return run.per_token_s
 
+    def cpu_call_per_token(run: Run) -> float:
+        return run.call_cpu_s / (run.batch * run.new_tokens)
+
     call, call_ref = [call_per_token(r) for r in own], [call_per_token(r) for r in reference]
     steps, steps_ref = [step(r) for r in own], [step(r) for r in reference]
+    cpu_call, cpu_call_ref = [cpu_call_per_token(r) for r in own], [cpu_call_per_token(r) for r in reference]
+    cpu_steps = [r.cpu_per_token_s for r in own]
+    cpu_steps_ref = [r.cpu_per_token_s for r in reference]
     return {
         "label": variant.label,
         "call_ms_per_token": median(call) * 1e3,
@@ -158,6 +164,9 @@ def variant_row(variant: Variant, own: list[Run], reference: list[Run]) -> dict[
         "step_ms": median(steps) * 1e3,
         "step_ratio_vs_generate": median(steps) / median(steps_ref),
         "step_paired_ratios": [a / b for a, b in zip(steps, steps_ref, strict=True)],
+        # the same in process CPU time (one intra-op thread: not charged for time the core served others)
+        "call_cpu_ratio_vs_generate": median(cpu_call) / median(cpu_call_ref),
+        "step_cpu_ratio_vs_generate": median(cpu_steps) / median(cpu_steps_ref),
         "call_s": median([r.call_s for r in own]),
         "prefill_s": median([r.prefill_s for r in own]),
         "tokens_per_s": median([r.batch * r.new_tokens / r.call_s for r in own]),

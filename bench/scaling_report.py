@@ -12,6 +12,8 @@ from bench.report import fmt, judge, limit_text, met_text, preamble
 SCALING_METRICS = {
     "call_ratio": "call_ratio_vs_generate",
     "step_ratio": "step_ratio_vs_generate",
+    "call_cpu_ratio": "call_cpu_ratio_vs_generate",
+    "step_cpu_ratio": "step_cpu_ratio_vs_generate",
     "batch_scaling": "tokens_per_s_vs_batch_1",
 }
 
@@ -87,6 +89,27 @@ def scaling_markdown(report: dict[str, Any]) -> str:
             + " | ".join(fmt(rows[v]["call_ratio_vs_generate"], 3) for v in others)
             + " | "
             + " | ".join(fmt(rows[v]["step_ratio_vs_generate"], 3) for v in others)
+            + " |"
+        )
+    lines += [
+        "",
+        "The same in process CPU time (one intra-op thread: not charged for time other processes held the "
+        "core):",
+        "",
+        "| video tokens | batch | new tokens | "
+        + " | ".join(f"{v} call cpu" for v in others)
+        + " | "
+        + " | ".join(f"{v} step cpu" for v in others)
+        + " |",
+        "|---" * (3 + 2 * len(others)) + "|",
+    ]
+    for p in points:
+        rows = p["variants"]
+        lines.append(
+            f"| {p['video_tokens_measured']} | {p['batch']} | {p['new_tokens']} | "
+            + " | ".join(fmt(rows[v]["call_cpu_ratio_vs_generate"], 3) for v in others)
+            + " | "
+            + " | ".join(fmt(rows[v]["step_cpu_ratio_vs_generate"], 3) for v in others)
             + " |"
         )
     lines += [

@@ -32,6 +32,8 @@ ROW_KEYS = {
     "step_ms",
     "step_ratio_vs_generate",
     "step_paired_ratios",
+    "call_cpu_ratio_vs_generate",
+    "step_cpu_ratio_vs_generate",
     "call_s",
     "prefill_s",
     "tokens_per_s",
@@ -78,7 +80,7 @@ def test_report_has_the_schema_in_json_and_markdown(scaling_run):
             assert set(row) == ROW_KEYS
     md = (out / "tiny-scaling.md").read_text()
     assert "## Grid" in md and "## Every point and variant" in md and "## Targets" in md
-    assert md.count("| 16 | 2 | 5 | ") == len(VARIANTS) + 1  # one row per variant, one at a glance
+    assert md.count("| 16 | 2 | 5 | ") == len(VARIANTS) + 2  # a row per variant, two at a glance (wall, CPU)
 
 
 def test_every_requested_point_is_present_and_the_rest_are_listed_as_not_run(scaling_run):
@@ -96,7 +98,14 @@ def test_ratios_are_positive_and_finite_and_generate_is_the_unit(scaling_run):
     _, report = scaling_run
     for point in report["points"]:
         for name, row in point["variants"].items():
-            for key in ("call_ms_per_token", "call_ratio_vs_generate", "step_ms", "step_ratio_vs_generate"):
+            for key in (
+                "call_ms_per_token",
+                "call_ratio_vs_generate",
+                "step_ms",
+                "step_ratio_vs_generate",
+                "call_cpu_ratio_vs_generate",
+                "step_cpu_ratio_vs_generate",
+            ):
                 assert positive_finite(row[key]), (point["label"], name, key)
             assert all(positive_finite(x) for x in row["call_paired_ratios"] + row["step_paired_ratios"])
             assert positive_finite(row["tokens_per_s"]) and positive_finite(row["kv_cache_mib"])
