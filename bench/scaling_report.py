@@ -62,6 +62,24 @@ def _coverage(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _glance(points: list[dict[str, Any]], others: list[str], suffix: str, key: str) -> list[str]:
+    """A row per point: each variant's ``call_<key>`` then its ``step_<key>``."""
+    lines = [
+        "| video tokens | batch | new tokens | "
+        + " | ".join(f"{v} {part}{suffix}" for part in ("call", "step") for v in others)
+        + " |",
+        "|---" * (3 + 2 * len(others)) + "|",
+    ]
+    for p in points:
+        rows = p["variants"]
+        lines.append(
+            f"| {p['video_tokens_measured']} | {p['batch']} | {p['new_tokens']} | "
+            + " | ".join(fmt(rows[v][f"{part}_{key}"], 3) for part in ("call", "step") for v in others)
+            + " |"
+        )
+    return lines
+
+
 def scaling_markdown(report: dict[str, Any]) -> str:
     points = report["points"]
     variants = list(points[0]["variants"]) if points else []
@@ -75,43 +93,13 @@ def scaling_markdown(report: dict[str, Any]) -> str:
         "interval between decode forwards over generate's. Ratios of medians over the repeats, all measured "
         "in one process with the variants alternating.",
         "",
-        "| video tokens | batch | new tokens | "
-        + " | ".join(f"{v} call" for v in others)
-        + " | "
-        + " | ".join(f"{v} step" for v in others)
-        + " |",
-        "|---" * (3 + 2 * len(others)) + "|",
-    ]
-    for p in points:
-        rows = p["variants"]
-        lines.append(
-            f"| {p['video_tokens_measured']} | {p['batch']} | {p['new_tokens']} | "
-            + " | ".join(fmt(rows[v]["call_ratio_vs_generate"], 3) for v in others)
-            + " | "
-            + " | ".join(fmt(rows[v]["step_ratio_vs_generate"], 3) for v in others)
-            + " |"
-        )
-    lines += [
+        *_glance(points, others, "", "ratio_vs_generate"),
         "",
         "The same in process CPU time (one intra-op thread: not charged for time other processes held the "
         "core):",
         "",
-        "| video tokens | batch | new tokens | "
-        + " | ".join(f"{v} call cpu" for v in others)
-        + " | "
-        + " | ".join(f"{v} step cpu" for v in others)
-        + " |",
-        "|---" * (3 + 2 * len(others)) + "|",
+        *_glance(points, others, " cpu", "cpu_ratio_vs_generate"),
     ]
-    for p in points:
-        rows = p["variants"]
-        lines.append(
-            f"| {p['video_tokens_measured']} | {p['batch']} | {p['new_tokens']} | "
-            + " | ".join(fmt(rows[v]["call_cpu_ratio_vs_generate"], 3) for v in others)
-            + " | "
-            + " | ".join(fmt(rows[v]["step_cpu_ratio_vs_generate"], 3) for v in others)
-            + " |"
-        )
     lines += [
         "",
         "## Every point and variant",
