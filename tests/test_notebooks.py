@@ -46,7 +46,7 @@ def vreason_run(config: str, out: str, tmp: Path, *overrides: str) -> None:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """A directory holding ``mlflow.db`` with the runs the notebooks read by default: the smoke config's
-    V-Reason run and its baseline (``smoke/vreason-k4-lr3e-4``, ``smoke/baseline``)."""
+    V-Reason run and its baseline (``smoke/vreason-k4-lr1``, ``smoke/baseline``)."""
     tmp = tmp_path_factory.mktemp("notebooks")
     vreason_run("smoke.yaml", "out", tmp)
     vreason_run("smoke.yaml", "out_base", tmp, "method=baseline")
@@ -98,12 +98,12 @@ def test_notebook_runs_on_fresh_runs_and_draws_a_figure(path, store):
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name} drew no figure"
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "smoke/baseline: MLflow run" in printed and "smoke/vreason-k4-lr3e-4: MLflow run" in printed
+    assert "smoke/baseline: MLflow run" in printed and "smoke/vreason-k4-lr1: MLflow run" in printed
 
 
 def test_a_notebook_refuses_a_run_name_two_runs_share(store):
-    vreason_run("smoke.yaml", "out_again", store)  # a second run named smoke/vreason-k4-lr3e-4
+    vreason_run("smoke.yaml", "out_again", store)  # a second run named smoke/vreason-k4-lr1
     notebook = nbformat.read(ROOT / "notebooks" / "entropy_curves.ipynb", as_version=4)
     client = NotebookClient(notebook, kernel_name="python3", timeout=CELL_TIMEOUT_S)
-    with pytest.raises(CellExecutionError, match="2 runs are named 'smoke/vreason-k4-lr3e-4'"):
+    with pytest.raises(CellExecutionError, match="2 runs are named 'smoke/vreason-k4-lr1'"):
         client.execute(env=kernel_env(store))

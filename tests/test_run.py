@@ -61,17 +61,17 @@ def test_smoke_config_runs_end_to_end_and_is_recorded_in_mlflow(tmp_path):
     client, run = only_run(tmp_path, "vreason-smoke")
     run_id, experiment = run.info.run_id, run.info.experiment_id
     # The end of the output: the table with only the benchmark that ran, the run's id and page, the UI.
-    assert "| run | synthetic | tokens | failed |" in out and "| smoke/vreason-k4-lr3e-4 |" in out
+    assert "| run | synthetic | tokens | failed |" in out and "| smoke/vreason-k4-lr1 |" in out
     assert f"id {run_id}" in out and f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}" in out
     assert f"ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db --host 127.0.0.1 --port 5000" in out
     assert "method=baseline" in out  # how to get a baseline to compare with
     assert_quiet(out)
 
-    assert run.info.status == "FINISHED" and run.info.run_name == "smoke/vreason-k4-lr3e-4"
-    assert run.data.tags["method"] == "vreason-k4-lr3e-4" and run.data.tags["benchmarks"] == "synthetic"
+    assert run.info.status == "FINISHED" and run.info.run_name == "smoke/vreason-k4-lr1"
+    assert run.data.tags["method"] == "vreason-k4-lr1" and run.data.tags["benchmarks"] == "synthetic"
     assert run.data.tags["model"] == "tiny_qwen2_5_vl" and run.data.tags["seed"] == "0"
     assert run.data.tags["vreason_version"] and len(run.data.tags["mlflow.source.git.commit"]) == 40
-    assert "| smoke/vreason-k4-lr3e-4 |" in run.data.tags["mlflow.note.content"]  # the description
+    assert "| smoke/vreason-k4-lr1 |" in run.data.tags["mlflow.note.content"]  # the description
     assert run.data.params["method.controller.name"] == "value_cache"
     assert run.data.params["method.schedule.step_size"] == "4"
     assert client.get_experiment(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
@@ -175,8 +175,8 @@ def test_rerun_resumes_the_same_mlflow_run_without_duplicates(tmp_path, monkeypa
     assert main(args) == 0
     header, _, row = report.read_text().splitlines()[:3]
     assert "VSI-Bench (Acc/MRA)" in header and "Avg (wo mra)" in header and "synthetic" in header
-    assert row.startswith("| smoke/vreason-k4-lr3e-4 |")
-    assert main([*args[:1], "smoke/vreason-k4-lr3e-4", *args[2:]]) == 0  # a name only one run has
+    assert row.startswith("| smoke/vreason-k4-lr1 |")
+    assert main([*args[:1], "smoke/vreason-k4-lr1", *args[2:]]) == 0  # a name only one run has
 
 
 def test_a_baseline_beside_it_gets_its_own_name_folder_and_the_same_param_keys(tmp_path, monkeypatch, capsys):
@@ -185,12 +185,12 @@ def test_a_baseline_beside_it_gets_its_own_name_folder_and_the_same_param_keys(t
     assert main(["run", str(SMOKE), *common]) == 0  # default output_dir: outputs/smoke/vreason
     assert main(["run", str(SMOKE), *common, "method=baseline"]) == 0  # outputs/smoke/baseline
     out = capsys.readouterr().out
-    assert "compare:        vreason compare smoke/baseline smoke/vreason-k4-lr3e-4" in out
+    assert "compare:        vreason compare smoke/baseline smoke/vreason-k4-lr1" in out
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("vreason-smoke").experiment_id])
     by_name = {r.info.run_name: r for r in runs}
-    assert sorted(by_name) == ["smoke/baseline", "smoke/vreason-k4-lr3e-4"]
-    baseline, vreason = by_name["smoke/baseline"], by_name["smoke/vreason-k4-lr3e-4"]
+    assert sorted(by_name) == ["smoke/baseline", "smoke/vreason-k4-lr1"]
+    baseline, vreason = by_name["smoke/baseline"], by_name["smoke/vreason-k4-lr1"]
     assert set(baseline.data.params) == set(vreason.data.params)  # one schema: they line up in the UI
     assert (
         baseline.data.params["method.controller.name"] == "none"
@@ -211,7 +211,7 @@ def test_a_baseline_beside_it_gets_its_own_name_folder_and_the_same_param_keys(t
     other = ["output_dir=outputs/smoke/vreason", "method.schedule.step_size=2"]
     assert main(["run", str(SMOKE), *common, *other]) == 2
     err = capsys.readouterr().err
-    assert "'smoke/vreason-k4-lr3e-4'" in err and "'smoke/vreason-k2-lr3e-4'" in err and "output_dir" in err
+    assert "'smoke/vreason-k4-lr1'" in err and "'smoke/vreason-k2-lr1'" in err and "output_dir" in err
 
 
 def test_verbose_brings_back_what_the_quiet_terminal_holds_back(tmp_path):

@@ -41,11 +41,11 @@ def smoke(*overrides: str):
 @pytest.mark.parametrize(
     ("overrides", "name"),
     [
-        ([], "smoke/vreason-k4-lr3e-4"),
+        ([], "smoke/vreason-k4-lr1"),
         (["method=baseline"], "smoke/baseline"),
-        (["method.pruner={name: l2_norm}"], "smoke/vreason-lite-k4-lr3e-4"),
+        (["method.pruner={name: l2_norm}"], "smoke/vreason-lite-k4-lr1"),
         (["method.schedule.step_size=2", "method.optimizer.lr=0.001"], "smoke/vreason-k2-lr1e-3"),
-        (["method.objective={name: min_entropy}"], "smoke/vreason-min_entropy-k4-lr3e-4"),
+        (["method.objective={name: min_entropy}"], "smoke/vreason-min_entropy-k4-lr1"),
         (["tracking.run_name=mine"], "mine"),
     ],
 )
@@ -68,14 +68,14 @@ def test_every_method_logs_the_core_method_params_and_a_baseline_says_none():
     assert {v for k, v in baseline.items() if k.startswith("method.") and k != "method.name"} == {"none"}
     assert baseline["method.name"] == "baseline" and baseline["method.controller.name"] == "none"
     assert vreason["method.name"] == "vreason" and vreason["method.controller.name"] == "value_cache"
-    assert vreason["method.schedule.step_size"] == "4" and vreason["method.optimizer.lr"] == "0.0003"
+    assert vreason["method.schedule.step_size"] == "4" and vreason["method.optimizer.lr"] == "1.0"
     assert vreason["method.schedule.ema_init"] == "first"  # a default the YAML does not spell out
     assert "method" not in baseline  # not the old one-key shape ``method=baseline``
 
 
 def test_tags_name_method_model_benchmarks_seed_version_and_commit():
     tags = run_tags(smoke("seed=3"))
-    assert tags["method"] == "vreason-k4-lr3e-4" and tags["model"] == "tiny_qwen2_5_vl"
+    assert tags["method"] == "vreason-k4-lr1" and tags["model"] == "tiny_qwen2_5_vl"
     assert tags["benchmarks"] == "synthetic" and tags["seed"] == "3" and tags["config"] == "smoke"
     assert tags["vreason_version"] not in ("", "unknown")
     assert len(tags["mlflow.source.git.commit"]) == 40  # the suite runs from a git checkout

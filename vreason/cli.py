@@ -1,4 +1,4 @@
-"""``vreason run | validate | score | report | compare`` (also ``python -m vreason``).
+"""``vreason run | sweep | validate | score | report | compare`` (also ``python -m vreason``).
 
 The terminal shows our messages, one progress bar and the results; third-party log lines,
 advertisements, deprecation warnings and download progress bars are held back unless ``--verbose``.
@@ -79,6 +79,7 @@ def terminal(verbose: bool, libraries: bool) -> Iterator[None]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    baseline = baseline_config(cfg, args.config, args.overrides) if args.with_baseline else None
     from vreason.report import markdown, table_rows
     from vreason.run import run_experiment
     from vreason.tracking import run_label
@@ -86,12 +87,73 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics = run_experiment(cfg)
     if metrics is None:  # a non-zero DDP rank
         return 0
+    rows = [(run_label(cfg), metrics)]
+    if baseline is not None:
+        print(f"\nthe baseline: {args.config} method=baseline (output_dir {baseline.output_dir})")
+        rows.append((run_label(baseline), run_experiment(baseline)))
     print()
-    print(markdown(*table_rows([(run_label(cfg), metrics)], only_present=True)))
+    print(markdown(*table_rows(rows, only_present=True)))
     print(f"\npredictions: {Path(cfg.output_dir) / 'predictions.jsonl'}")
+    if baseline is not None:
+        print_comparison(baseline, cfg)
     if cfg.tracking.enabled:
         print_where_to_look(cfg, args.config)
     return 0
+
+
+def baseline_config(cfg, config_path: str, overrides: list[str]):
+    """The config with ``method=baseline``, checked before anything runs: it must be a V-Reason run with
+    tracking on (the comparison reads both runs from MLflow) and the baseline needs its own output_dir."""
+    from vreason.config import check_method
+
+    if check_method(cfg.method) is None:
+        raise ConfigError(f"--with-baseline: {config_path}'s method is already the baseline")
+    if not cfg.tracking.enabled:
+        raise ConfigError("--with-baseline compares the two runs from MLflow: tracking.enabled must be true")
+    baseline = load_config(config_path, [*overrides, "method=baseline"])
+    if baseline.output_dir == cfg.output_dir:
+        raise ConfigError(
+            f"--with-baseline: with method=baseline, output_dir is still {cfg.output_dir}; give the config an "
+            f"output_dir per method, e.g. output_dir: outputs/NAME/${{oc.select:method.name,baseline}}"
+        )
+    return baseline
+
+
+def print_comparison(baseline, cfg) -> None:
+    """``vreason compare`` of the baseline and the run just made: paired statistics and divergence."""
+    from vreason.compare import compare_runs
+    from vreason.tracking import RUN_FILE
+
+    ids = [
+        json.loads((Path(c.output_dir) / RUN_FILE).read_text(encoding="utf-8"))["run_id"]
+        for c in (baseline, cfg)
+    ]
+    print()
+    compare_runs(ids, tracking_uri=cfg.tracking.uri)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Every point of the grid times the seeds (and a baseline per seed), then the summary."""
+    from vreason.sweep import plan_sweep, run_sweep, where_to_look
+
+    plan = plan_sweep(
+        args.config,
+        args.overrides,
+        grid=args.grid,
+        seeds=args.seeds,
+        baseline=args.baseline,
+        output_dir=args.output_dir,
+    )
+    keys = ", ".join(f"{k} ({len(v)} values)" for k, v in plan.grid.items()) or "no grid key"
+    print(
+        f"sweep {plan.name}: {keys} x seeds {plan.seeds}"
+        f"{' + a baseline per seed' if plan.baseline else ''} = {len(plan.points)} runs, in {plan.output_dir}"
+    )
+    result = run_sweep(plan)
+    print()
+    print(result.markdown)
+    print(where_to_look(plan, result))
+    return 1 if result.failed else 0
 
 
 def print_where_to_look(cfg, config_path: str) -> None:
@@ -127,12 +189,15 @@ def _pair(client, experiment: str, run) -> tuple[str | None, str | None]:
         return None, None
     is_baseline = run.data.tags.get("method") == "baseline"
     quoted = json.dumps(config)
+    # a sweep's points and its parent are left out: they pair among themselves
     others = [
         r
         for r in client.search_runs(
             [experiment], filter_string=f"tags.config = {quoted}", order_by=["attributes.start_time DESC"]
         )
-        if (r.data.tags.get("method") == "baseline") != is_baseline and r.info.status == "FINISHED"
+        if (r.data.tags.get("method") == "baseline") != is_baseline
+        and r.info.status == "FINISHED"
+        and not r.data.tags.get("vreason.kind", "").startswith("sweep")
     ]
     if not others:
         return None, None
@@ -166,7 +231,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.predictions}: no predictions found")
     for row in rows:
         if not row["failed"]:
-            row["score"] = score(row["problem_type"], row["output"], row["solution"])
+            row["score"] = score(row["problem_type"], row["output"], row["solution"], row["benchmark"])
     name = Path(args.predictions).parent.name
     print(markdown(*table_rows([(name, summary_metrics(rows))], only_present=True)))
     return 0
@@ -219,7 +284,39 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config")
     run.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. method.schedule.step_size=2")
+    run.add_argument(
+        "--with-baseline",
+        action="store_true",
+        help="then run the same config with method=baseline and compare: paired statistics and where the "
+        "outputs diverge",
+    )
     run.set_defaults(func=cmd_run)
+    sweep = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="run a config over a grid of values and seeds, each with a baseline (resumable)",
+        description="Without --grid/--seeds/--no-baseline/--output-dir, the config's sweep: block says.",
+    )
+    sweep.add_argument("config")
+    sweep.add_argument("overrides", nargs="*", help="dotlist overrides for every point")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="a config key and its values (repeat for more keys: every combination is a point)",
+    )
+    sweep.add_argument(
+        "--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default: sweep.seeds)"
+    )
+    sweep.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        default=None,
+        help="no baseline point per seed (no paired statistics)",
+    )
+    sweep.add_argument("--output-dir", default=None, help="the sweep folder (default: sweep.output_dir)")
+    sweep.set_defaults(func=cmd_sweep)
     val = sub.add_parser(
         "validate", parents=[common], help="check configs without loading a model or calling any component"
     )
@@ -254,10 +351,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args, extra = cli.parse_known_args(argv)
+    if extra:  # ``vreason sweep CONFIG --grid k=1,2 x=y``: overrides after the options are overrides too
+        if args.command in ("run", "sweep") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            cli.error(f"unrecognized arguments: {' '.join(extra)}")
     from vreason.predictions import OutputDirInUse
 
-    with terminal(args.verbose, libraries=args.command in ("run", "report", "compare")):
+    with terminal(args.verbose, libraries=args.command in ("run", "sweep", "report", "compare")):
         try:
             return args.func(args)
         except (ConfigError, FileNotFoundError, OutputDirInUse) as err:

@@ -1,6 +1,8 @@
 """``vreason compare``: paired statistics between runs over the same samples, printed with the baseline
-labelled and a legend of the columns, written, and logged to MLflow as one comparison run (tagged,
-differences, interval bounds and p-values as metrics, the table and the paper's plots for all runs
+labelled and a legend of the columns, then where each run's outputs leave the baseline's (a second
+table: samples changed, first differing token, entropy difference over the shared prefix;
+``analysis.divergence``), written, and logged to MLflow as one comparison run (tagged, differences,
+interval bounds, p-values and divergence as metrics, the tables and the paper's plots for all runs
 together as artifacts). Comparing the same runs again updates that comparison run instead of adding
 another. Runs are given by id or by a name only one run has (``analysis.find_run``)."""
 
@@ -22,6 +24,7 @@ COMPARE_EXPERIMENT = "vreason-compare"
 CONFIDENCE = 0.95
 N_BOOT = 2000
 STATISTICS = ("diff", "ci_low", "ci_high", "mcnemar_p", "token_diff", "wilcoxon_p")
+DIVERGENCE = analysis.DIVERGENCE_COLUMNS  # logged as metrics too
 
 
 def legend(confidence: float = CONFIDENCE, n_boot: int = N_BOOT) -> str:
@@ -63,6 +66,9 @@ def compare_runs(
     report = f"Baseline: {labels[0]} (run {runs[0].run_id}). Every difference is run − baseline.\n\n"
     report += analysis.markdown_table(table)
     report += "\n" + legend(confidence, n_boot) + "\n"
+    divergence = analysis.divergence_table(runs, baseline=0)
+    report += f"\nDivergence from the baseline ({labels[0]}):\n\n" + analysis.markdown_table(divergence)
+    report += "\n" + analysis.divergence_legend() + "\n"
     groups = analysis.group_by_config(runs)
     if any(len(members) > 1 for members in groups.values()):
         report += "\nAcross seeds (mean and standard deviation per configuration):\n\n"
@@ -71,15 +77,20 @@ def compare_runs(
     if out:
         base = Path(out).with_suffix("")
         base.parent.mkdir(parents=True, exist_ok=True)
-        analysis.write_table(table, base.with_suffix(".md"))
-        analysis.write_table(table, base.with_suffix(".csv"))
-        print(f"wrote {base.with_suffix('.md')} and {base.with_suffix('.csv')}")
+        written = [
+            base.with_name(base.name + tail) for tail in (".md", ".csv", "_divergence.md", "_divergence.csv")
+        ]
+        for path in written:
+            analysis.write_table(divergence if "_divergence" in path.name else table, path)
+        print("wrote " + ", ".join(map(str, written)))
     if log:
-        run_id, experiment_key, name, updated = _log(runs, table, tracking_uri, report, confidence, n_boot)
+        run_id, experiment_key, name, updated = _log(
+            runs, table, divergence, tracking_uri, report, confidence, n_boot
+        )
         print(
             f"{'updated' if updated else 'logged'} this comparison as MLflow run {name!r} (id {run_id}) in "
-            f"experiment {COMPARE_EXPERIMENT!r}: its metrics are the differences, interval bounds and "
-            f"p-values; table and plots are its artifacts.\n  see it: {run_url(experiment_key, run_id)}"
+            f"experiment {COMPARE_EXPERIMENT!r}: its metrics are the differences, interval bounds, "
+            f"p-values and divergence; tables and plots are its artifacts.\n  see it: {run_url(experiment_key, run_id)}"
             f"  (UI: {ui_command(tracking_uri)})"
         )
     return report
@@ -92,13 +103,22 @@ def metric_key(label: str, statistic: str, several: bool) -> str:
     return re.sub(r"[^\w\-. /:]", "_", label) + "/" + statistic
 
 
-def _log(runs, table: pd.DataFrame, tracking_uri: str, report: str, confidence: float, n_boot: int):
+def _log(
+    runs,
+    table: pd.DataFrame,
+    divergence: pd.DataFrame,
+    tracking_uri: str,
+    report: str,
+    confidence: float,
+    n_boot: int,
+):
     """Record the comparison; returns (run id, experiment id, run name, whether it already existed)."""
     client = MlflowClient(tracking_uri=tracking_uri)
     labels = analysis.run_labels(runs)
     compared = ",".join(r.run_id or "" for r in runs)
     experiment = experiment_id(client, COMPARE_EXPERIMENT, _artifacts(tracking_uri))
-    set_runs_view(client, experiment, [f"metrics.`{s}`" for s in STATISTICS] + ["tags.`baseline`"])
+    columns = [f"metrics.`{s}`" for s in (*STATISTICS, "changed_fraction", "first_div_mean")]
+    set_runs_view(client, experiment, [*columns, "tags.`baseline`"])
     name = "compare: " + " vs ".join(labels)
     tags = {
         "vreason.kind": "comparison",
@@ -125,6 +145,12 @@ def _log(runs, table: pd.DataFrame, tracking_uri: str, report: str, confidence: 
         for statistic in STATISTICS
         if row[statistic] is not None and math.isfinite(float(row[statistic]))
     ]
+    metrics += [
+        Metric(metric_key(row["run"], column, several), float(row[column]), stamp, 0)
+        for _, row in divergence.iterrows()
+        for column in DIVERGENCE
+        if row[column] is not None and math.isfinite(float(row[column]))
+    ]
     params = [
         Param("confidence", str(confidence)),
         Param("n_boot", str(n_boot)),
@@ -137,9 +163,21 @@ def _log(runs, table: pd.DataFrame, tracking_uri: str, report: str, confidence: 
         params=[p for p in params if p.key not in logged],
         tags=[RunTag(k, v) for k, v in tags.items()],
     )
+    per_sample = pd.concat(
+        [
+            analysis.divergence_by_sample(runs[0], run).assign(run=label)
+            for run, label in zip(runs[1:], labels[1:], strict=True)
+        ]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for suffix in (".md", ".csv"):
             client.log_artifact(run_id, str(analysis.write_table(table, Path(tmp) / f"comparison{suffix}")))
+            client.log_artifact(
+                run_id, str(analysis.write_table(divergence, Path(tmp) / f"divergence{suffix}"))
+            )
+        client.log_artifact(
+            run_id, str(analysis.write_table(per_sample, Path(tmp) / "divergence_by_sample.csv"))
+        )
     figures = {
         "plots/entropy_curves.png": analysis.plot_entropy_curves(runs),
         "plots/entropy_curves_normalized.png": analysis.plot_entropy_curves(runs, align="normalized"),
@@ -147,6 +185,7 @@ def _log(runs, table: pd.DataFrame, tracking_uri: str, report: str, confidence: 
             runs, only_optimized=False, source="ema"
         ),
         "plots/output_tokens.png": analysis.plot_token_counts(runs),
+        "plots/divergence.png": analysis.plot_divergence(runs[0], runs[1:]),
     }
     for figure_name, figure in figures.items():
         client.log_figure(run_id, figure, figure_name)

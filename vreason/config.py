@@ -86,6 +86,20 @@ class TrackingConfig:
 
 
 @dataclass
+class SweepConfig:
+    """What ``vreason sweep`` runs (``vreason run`` ignores it): ``grid`` maps config keys to the values
+    to try (every combination is a point), each point runs once per seed in ``seeds`` (null: the
+    config's ``seed``), with a baseline point (``method: baseline``) per seed when ``baseline``. Each
+    point gets its own folder under ``output_dir``. ``--grid``/``--seeds``/``--no-baseline`` on the
+    command line replace these."""
+
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: list[int] | None = None
+    baseline: bool = True
+    output_dir: str = "outputs/sweeps/${name}"
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
@@ -97,6 +111,7 @@ class ExperimentConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:

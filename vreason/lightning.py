@@ -176,9 +176,9 @@ def make_prediction(
 ) -> dict:
     """One JSONL line: the answer, its score against the solution, and the per-token trace."""
     failed = trace is None
-    answer = extract_answer(text) if not failed else ""
+    answer = extract_answer(text, record.benchmark) if not failed else ""
     solution = extract_answer(record.solution or "")
-    value = 0.0 if failed else score(record.problem_type, text, record.solution)
+    value = 0.0 if failed else score(record.problem_type, text, record.solution, record.benchmark)
     prediction = {
         "sample_id": record.sample_id,
         "benchmark": record.benchmark,
@@ -215,7 +215,12 @@ class VReasonModule(L.LightningModule):
             tokens at its method's positions use a plain decoder with the same sampling.
         collate: rebuilds processor inputs for part of a batch (``RecordCollator.collate``).
         max_prompt_tokens: prompts of at least this many tokens fail (the model's context).
+
+    ``make_prediction(record, trace, text, error=, warnings=)`` turns one record's outcome into its
+    prediction; a subclass whose records are scored elsewhere (lmms-eval's) replaces it.
     """
+
+    make_prediction = staticmethod(make_prediction)
 
     def __init__(
         self,
@@ -250,7 +255,7 @@ class VReasonModule(L.LightningModule):
         return batch  # the engine moves tensors itself
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict]:
-        predictions = [make_prediction(r, None, error=why) for r, why in batch.failures]
+        predictions = [self.make_prediction(r, None, error=why) for r, why in batch.failures]
         if batch.inputs is not None:
             predictions += self.answer(batch)
         for p in predictions:
@@ -277,7 +282,7 @@ class VReasonModule(L.LightningModule):
         groups: dict[bool, list[int]] = {True: [], False: []}
         for row, record in enumerate(batch.records):
             if self.max_prompt_tokens is not None and lengths[row] >= self.max_prompt_tokens:
-                answered[row] = make_prediction(
+                answered[row] = self.make_prediction(
                     record,
                     None,
                     error=f"the prompt has {int(lengths[row])} tokens, at or over the model's context of "
@@ -310,7 +315,7 @@ class VReasonModule(L.LightningModule):
                 )
                 return [p for row in rows for p in self._decode(batch, [row], steered)]
             log.warning("%s: decoding failed", records[0].sample_id, exc_info=True)
-            return [make_prediction(records[0], None, error=f"decoding failed: {_reason(err)}")]
+            return [self.make_prediction(records[0], None, error=f"decoding failed: {_reason(err)}")]
         self.stats["seconds"] += time.perf_counter() - start
         predictions = []
         for record, trace in zip(records, traces, strict=True):
@@ -322,7 +327,7 @@ class VReasonModule(L.LightningModule):
                     f"the controller"
                 )
             text = self.tokenizer.decode(trace.token_ids, skip_special_tokens=True)
-            predictions.append(make_prediction(record, trace, text, warnings=warnings))
+            predictions.append(self.make_prediction(record, trace, text, warnings=warnings))
         return predictions
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vreason.config import ConfigError, build_method
 from vreason.controllers.base import kv_layer_index
-from vreason.data.arithmetic import arithmetic_problems
+from vreason.data.arithmetic import SHORT_BENCHMARK, arithmetic_problems, short_arithmetic_problems
 from vreason.data.benchmarks import resolve_benchmark_file
 from vreason.data.records import Record, load_records
 from vreason.data.synthetic import write_synthetic_benchmark
@@ -53,6 +53,8 @@ def load_experiment_records(cfg: DictConfig) -> list[Record]:
             found = load_records(root / "synthetic.json", "synthetic")
         elif name == "arithmetic":
             found = arithmetic_problems(cfg.data.synthetic_size, seed=cfg.seed)
+        elif name == SHORT_BENCHMARK:
+            found = short_arithmetic_problems(cfg.data.synthetic_size, seed=cfg.seed)
         else:
             try:  # an unknown benchmark or an unreadable file fails here, before the model loads
                 found = load_records(resolve_benchmark_file(root, name), name)

@@ -93,16 +93,25 @@ def load_runs(
 ) -> list[Run]:
     """Load the given run ids/names in order (see ``load_run``), or, when ``runs`` is None, the
     ``latest`` most recently started runs of ``experiment`` (newest first) with ``status``
-    (None: any status; the default skips running and failed runs, which have no predictions yet)."""
+    (None: any status; the default skips running and failed runs, which have no predictions yet).
+    A sweep's parent run (tag ``vreason.kind=sweep``) holds no predictions and is left out."""
     if runs:
         return [load_run(r, tracking_uri=tracking_uri, experiment=experiment) for r in runs]
     if experiment is None or latest is None:
         raise ValueError("load_runs needs run ids/names, or an experiment and latest=N")
     client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.search_runs(
-        _experiment_ids(client, experiment),
-        filter_string=f"attributes.status = '{status}'" if status else "",
-        order_by=["attributes.start_time DESC"],
-        max_results=latest,
-    )
+    found, token = [], None
+    while len(found) < latest:
+        page = client.search_runs(
+            _experiment_ids(client, experiment),
+            filter_string=f"attributes.status = '{status}'" if status else "",
+            order_by=["attributes.start_time DESC"],
+            max_results=latest,
+            page_token=token,
+        )
+        found += [r for r in page if r.data.tags.get("vreason.kind") != "sweep"]
+        token = page.token
+        if not token:
+            break
+    found = found[:latest]
     return [_to_run(r, tracking_uri) for r in found]

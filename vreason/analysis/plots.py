@@ -1,5 +1,6 @@
-"""The paper's figures (entropy curves, α before the peak, output tokens) as matplotlib Figures on an
-Agg canvas, returned and never shown: pyplot is not used, so no GUI backend or figure registry.
+"""The paper's figures (entropy curves, α before the peak, output tokens) and the divergence from a
+baseline as matplotlib Figures on an Agg canvas, returned and never shown: pyplot is not used, so no
+GUI backend or figure registry.
 
 Every figure says "nothing to show" (and why) where it has no data, labels a baseline run (controller
 ``none`` in its params) as such, and token plots mark ``sampling.max_new_tokens`` (read from the runs'
@@ -18,6 +19,7 @@ from matplotlib.patches import Patch
 
 from vreason.analysis.alpha import AlphaSource, alpha_before_peak
 from vreason.analysis.curves import Align, mean_curve
+from vreason.analysis.divergence import divergence_by_sample, entropy_difference_by_step
 from vreason.analysis.per_sample import ema_peak, token_count_distribution
 from vreason.analysis.runs import Run, run_labels, traces
 
@@ -235,4 +237,52 @@ def plot_token_counts(
         ax.axhline(limit, color="0.3", ls="--", lw=1)
         handles.append(Line2D([], [], color="0.3", ls="--", label=f"max_new_tokens = {limit}"))
     ax.legend(handles=handles, fontsize="small")
+    return figure
+
+
+def plot_divergence(baseline: Run, runs: Sequence[Run]) -> Figure:
+    """Where each run's outputs leave the baseline's (left: histogram of the first differing token's
+    0-based index over the changed samples; the legend counts the unchanged ones) and what its entropy
+    did before (right: mean H_run − H_baseline, solid, and mean |H_run − H_baseline|, dashed, per token
+    index over the samples still identical there)."""
+    figure, (left, right) = _figure(11.0, 4.2, ncols=2)
+    labels, colors = _labels(runs), _colors(len(runs) + 1)[1:]  # C0 stays the baseline's colour
+    splits = {label: divergence_by_sample(baseline, run) for run, label in zip(runs, labels, strict=True)}
+    changed = [
+        frame.loc[frame["changed"], "first_divergence"].astype(int).to_numpy() for frame in splits.values()
+    ]
+    longest = max((int(c.max()) for c in changed if c.size), default=0)
+    bins = np.arange(0, longest + 2) - 0.5 if longest < 60 else 30
+    for (label, frame), values, color in zip(splits.items(), changed, colors, strict=True):
+        unchanged = int((~frame["changed"]).sum())
+        text = f"{label}: {values.size} changed, {unchanged} unchanged of {len(frame)}"
+        if values.size:
+            left.hist(values, bins=bins, color=color, alpha=0.6, label=text)
+        else:
+            left.plot([], [], color=color, label=text)
+    left.set_xlabel("first differing token (0-based index)")
+    left.set_ylabel("samples")
+    left.set_title(f"first divergence from {_labels([baseline])[0]}")
+    if any(len(frame) for frame in splits.values()):
+        left.legend(fontsize="small")
+    else:
+        _nothing(left, "no sample finished in both runs")
+    drawn = False
+    for run, label, color in zip(runs, labels, colors, strict=True):
+        steps = entropy_difference_by_step(baseline, run)
+        if steps.empty:
+            continue
+        drawn = True
+        right.plot(steps["index"], steps["mean_diff"], color=color, lw=1.5, label=f"{label}: mean ΔH")
+        right.plot(
+            steps["index"], steps["mean_abs_diff"], color=color, lw=1.0, ls="--", label=f"{label}: mean |ΔH|"
+        )
+    right.axhline(0.0, color="0.5", lw=0.8)
+    right.set_xlabel("token index (0-based) within the shared prefix")
+    right.set_ylabel("H_run − H_baseline (nats)")
+    right.set_title("entropy difference while the outputs are identical")
+    if drawn:
+        right.legend(fontsize="small")
+    else:
+        _nothing(right, "no shared tokens")
     return figure

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vreason.data.records import Record
+from vreason.data.scoring import SHORT_ANSWER_BENCHMARKS
 
 # Verbatim, including the missing period before "It's".
 QUESTION_TEMPLATE = (
@@ -28,6 +29,12 @@ TYPE_TEMPLATE = {
 }
 
 
+# The prompt of the short-answer benchmarks (``scoring.SHORT_ANSWER_BENCHMARKS``), for small instruct
+# models that never follow the template above (SmolLM2-135M writes no tags and its accuracy is then 0);
+# chosen by measurement in docs/studies/smollm2.md.
+SHORT_ANSWER_TEMPLATE = "{Question} Answer with the number only."
+
+
 def build_question(record: Record) -> str:
     """The ``{Question}``: the problem, plus ``Options:`` and one option per line for multiple choice.
 
@@ -39,7 +46,10 @@ def build_question(record: Record) -> str:
 
 
 def build_prompt(record: Record) -> str:
-    """The full user text: the question template filled in, then the problem type's instruction."""
+    """The full user text: the question template filled in, then the problem type's instruction (for a
+    short-answer benchmark: the question, then "Answer with the number only.")."""
+    if record.benchmark in SHORT_ANSWER_BENCHMARKS:
+        return SHORT_ANSWER_TEMPLATE.format(Question=build_question(record))
     if record.problem_type not in TYPE_TEMPLATE:
         raise ValueError(f"{record.sample_id}: no prompt for problem_type {record.problem_type!r}")
     return QUESTION_TEMPLATE.format(Question=build_question(record)) + TYPE_TEMPLATE[record.problem_type]

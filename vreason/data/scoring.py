@@ -21,19 +21,53 @@ PAPER_BENCHMARKS = ("vsibench", "videommmu", "mmvu", "mvbench", "tempcompass", "
 VSI_BENCH = "vsibench"
 
 _ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
+# Benchmarks whose prompt asks for the number only (``prompts.SHORT_ANSWER_TEMPLATE``), for small
+# instruct models that never write <answer> tags: their outputs are read by ``extract_final_number``.
+SHORT_ANSWER_BENCHMARKS = ("arithmetic_short",)
+_NUMBER = r"-?\d+(?:,\d{3})*(?:\.\d+)?"
+_CUED_NUMBER = re.compile(rf"(?:=|answer is:?)\s*({_NUMBER})", re.IGNORECASE)
+_ANY_NUMBER = re.compile(rf"(?<![\d.])({_NUMBER})")
 # MRA thresholds 0.50, 0.55, ..., 0.95, as float32 like Video-R1's torch.arange (see mean_relative_accuracy).
 _MRA_THRESHOLDS = np.array([0.5 + 0.05 * i for i in range(10)], dtype=np.float32)
 
 
-def extract_answer(text: str) -> str:
+def extract_answer(text: str, benchmark: str | None = None) -> str:
     """The first ``<answer>...</answer>`` content, stripped; the whole (stripped) text if there is none.
 
     An empty tag (``<answer> </answer>``) also falls back to the whole text: Video-R1's ``reward_fn``
-    tests ``output_ans == ''``, which cannot tell "no tag" from "empty tag".
+    tests ``output_ans == ''``, which cannot tell "no tag" from "empty tag". For a benchmark in
+    ``SHORT_ANSWER_BENCHMARKS`` a model output is read by ``extract_final_number`` instead (a solution,
+    written ``<answer>k</answer>`` or already extracted, has no cue and yields its one number).
     """
+    if benchmark in SHORT_ANSWER_BENCHMARKS:
+        return extract_final_number(text)
     match = _ANSWER.search(text)
     answer = match.group(1).strip() if match else ""
     return answer if answer else text.strip()
+
+
+def extract_final_number(text: str) -> str:
+    """The model's stated result in a short answer: the number right after the first ``=`` or
+    ``answer is`` / ``answer is:`` (case-insensitive), else the last number in the text; "" if there
+    is no number.
+
+    Small instruct models asked for "the number only" mostly write ``7 * 8 = 56`` or ``The answer is
+    56.``, and then often ramble on (more equations, unrelated numbers) until the token budget ends: the
+    first cue is what they answered, the last number of a rambling output is not. Thousands commas are
+    removed (``1,024`` -> ``1024``); a trailing full stop is not part of the number (``56.`` -> ``56``);
+    a minus sign counts only when it touches the digits (``= -3`` -> ``-3``, ``9 - 3`` has no ``-3``).
+    """
+    cued = _CUED_NUMBER.search(text)
+    if cued:
+        return cued.group(1).replace(",", "")
+    numbers = _ANY_NUMBER.findall(text)
+    return numbers[-1].replace(",", "") if numbers else ""
+
+
+def final_number_score(prediction: str, truth: str) -> float:
+    """1 if both parse as numbers and are equal (``56.0`` equals ``56``), else 0."""
+    pred, gt = parse_number(prediction), parse_number(truth)
+    return float(pred is not None and gt is not None and pred == gt)
 
 
 def parse_number(text: str) -> float | None:
@@ -77,8 +111,13 @@ def regression_score(prediction: str, truth: str) -> float:
     return mean_relative_accuracy(pred, gt)
 
 
-def score(problem_type: str, output: str, solution: str) -> float:
-    """Score one model output against the record's solution (both raw, tags included), in [0, 1]."""
+def score(problem_type: str, output: str, solution: str, benchmark: str | None = None) -> float:
+    """Score one model output against the record's solution (both raw, tags included), in [0, 1].
+
+    A benchmark in ``SHORT_ANSWER_BENCHMARKS`` is scored by ``final_number_score`` on
+    ``extract_final_number(output)``, whatever its problem type."""
+    if benchmark in SHORT_ANSWER_BENCHMARKS:
+        return final_number_score(extract_final_number(output), extract_answer(solution))
     pred, gt = extract_answer(output), extract_answer(solution)
     if problem_type == "multiple choice":
         return float(pred == gt)  # exact and case-sensitive: "A." and "(A)" score 0

@@ -120,16 +120,24 @@ def _count_and_rate(path: str) -> tuple[int, float]:
 
 
 def _decode(path: str, indices: list[int]) -> tuple[dict[int, np.ndarray], int]:
-    """RGB frames at ``indices`` (decoding sequentially, keeping only those) and the decoded count."""
+    """RGB frames at ``indices`` (decoding sequentially, keeping only those) and the decoded count.
+
+    Decoding stops at the first packet that does not decode (a truncated file): PyAV 15 raises
+    ``InvalidDataError`` there, PyAV 18 ends the stream; both leave the frames decoded before it.
+    """
     wanted, frames, count = set(indices), {}, 0
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for count, frame in enumerate(container.decode(stream), start=1):
-            if count - 1 in wanted:
-                frames[count - 1] = frame.to_ndarray(format="rgb24")  # [h, w, 3] uint8
-            if count > max(wanted):
-                break
+        try:
+            for count, frame in enumerate(container.decode(stream), start=1):
+                if count - 1 in wanted:
+                    frames[count - 1] = frame.to_ndarray(format="rgb24")  # [h, w, 3] uint8
+                if count > max(wanted):
+                    break
+        except av.InvalidDataError:
+            if count == 0:
+                raise
     return frames, count
 
 

@@ -99,9 +99,11 @@ def _param_value(value: Any) -> str:
 
 
 def experiment_params(cfg: DictConfig) -> dict[str, str]:
-    """Every config value as a flat param, the method through ``method_params``."""
+    """Every config value as a flat param, the method through ``method_params``; the ``sweep`` block is
+    not a run's (a sweep logs its grid on its parent run)."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree.pop("method", None)
+    tree.pop("sweep", None)
     return {**flatten(tree), **method_params(cfg.method)}
 
 
