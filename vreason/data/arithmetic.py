@@ -46,23 +46,26 @@ PROBLEM_MAKERS: tuple[Callable[[random.Random], tuple[str, int]], ...] = (_add, 
 def arithmetic_problems(n: int, seed: int = 0) -> list[Record]:
     """``n`` text records whose solutions are ``<answer>k</answer>`` for an integer k."""
     rng = random.Random(seed)
-    records = []
-    for i in range(n):
-        problem, answer = rng.choice(PROBLEM_MAKERS)(rng)
-        records.append(
-            Record(
-                problem_id=i,
-                problem=problem,
-                problem_type="numerical",
-                options=None,
-                data_type="text",
-                path=None,
-                solution=f"<answer>{answer}</answer>",
-                data_source="synthetic/arithmetic",
-                benchmark=BENCHMARK,
-            )
+    made = [rng.choice(PROBLEM_MAKERS)(rng) for _ in range(n)]
+    return _records(made, BENCHMARK)
+
+
+def _records(made: list[tuple[str, int]], benchmark: str) -> list[Record]:
+    """Numerical text records of ``benchmark`` from (problem, answer) pairs, numbered from 0."""
+    return [
+        Record(
+            problem_id=i,
+            problem=problem,
+            problem_type="numerical",
+            options=None,
+            data_type="text",
+            path=None,
+            solution=f"<answer>{answer}</answer>",
+            data_source=f"synthetic/{benchmark}",
+            benchmark=benchmark,
         )
-    return records
+        for i, (problem, answer) in enumerate(made)
+    ]
 
 
 # Short-answer arithmetic for small instruct models (the SmolLM2 study, docs/studies/smollm2.md): the
@@ -134,20 +137,5 @@ def short_arithmetic_problems(
     if unknown or not operations:
         raise ValueError(f"unknown operations {unknown}; known: {', '.join(SHORT_OPERATIONS)}")
     rng = random.Random(seed)
-    records = []
-    for i in range(n):
-        problem, answer = SHORT_OPERATIONS[rng.choice(operations)](rng)
-        records.append(
-            Record(
-                problem_id=i,
-                problem=problem,
-                problem_type="numerical",
-                options=None,
-                data_type="text",
-                path=None,
-                solution=f"<answer>{answer}</answer>",
-                data_source="synthetic/arithmetic_short",
-                benchmark=SHORT_BENCHMARK,
-            )
-        )
-    return records
+    made = [SHORT_OPERATIONS[rng.choice(operations)](rng) for _ in range(n)]
+    return _records(made, SHORT_BENCHMARK)
