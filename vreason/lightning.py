@@ -192,11 +192,19 @@ def make_prediction(
         "error": error,
         "warnings": list(warnings or []),
     }
+    return with_trace(prediction, trace)
+
+
+TRACE_LISTS = ("entropy", "ema", "alpha", "optimized", "controller_norm", "faults", "token_ids")
+
+
+def with_trace(prediction: dict, trace: SampleTrace | None) -> dict:
+    """``prediction`` with ``trace``'s scalar summary at the top level and its per-token lists under
+    ``"trace"`` (nothing added for a failed sample without a trace)."""
     if trace is not None:
         summary = trace.to_dict()
-        lists = ("entropy", "ema", "alpha", "optimized", "controller_norm", "faults", "token_ids")
-        prediction.update({k: v for k, v in summary.items() if k not in lists})
-        prediction["trace"] = {k: summary[k] for k in lists}
+        prediction.update({k: v for k, v in summary.items() if k not in TRACE_LISTS})
+        prediction["trace"] = {k: summary[k] for k in TRACE_LISTS}
     return prediction
 
 

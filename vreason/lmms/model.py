@@ -44,7 +44,7 @@ from vreason.config import build_method, load_config
 from vreason.engine import Decoder, SampleTrace
 from vreason.errors import ConfigError
 from vreason.families import family_of
-from vreason.lightning import RecordCollator, VReasonModule, context_length
+from vreason.lightning import RecordCollator, VReasonModule, context_length, with_trace
 from vreason.lmms.requests import (
     LmmsSample,
     chat_messages,
@@ -96,12 +96,7 @@ def lmms_prediction(
         "error": error,
         "warnings": list(warnings or []),
     }
-    if trace is not None:
-        summary = trace.to_dict()
-        lists = ("entropy", "ema", "alpha", "optimized", "controller_norm", "faults", "token_ids")
-        prediction.update({k: v for k, v in summary.items() if k not in lists})
-        prediction["trace"] = {k: summary[k] for k in lists}
-    return prediction
+    return with_trace(prediction, trace)
 
 
 class LmmsModule(VReasonModule):
