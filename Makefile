@@ -12,7 +12,7 @@ LATEST ?= .venv-latest
 LINT_PATHS := vreason tests bench custom_generate
 SHELL := /bin/bash
 
-.PHONY: setup test lint run bench clean latest-env test-latest lock
+.PHONY: setup test lint run bench study-smollm2 clean latest-env test-latest lock
 
 # The locked stack: exact versions of every package from requirements.lock, nothing resolved.
 $(STAMP): pyproject.toml $(LOCK)
@@ -37,6 +37,12 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.overhead --config bench/configs/proxy.yaml
+
+# The SmolLM2 study (docs/studies/smollm2.md): its two sweeps (resumable), then its tables and figure.
+study-smollm2: $(STAMP)
+	$(VENV)/bin/vreason sweep experiments/studies/smollm2/lr_k.yaml
+	$(VENV)/bin/vreason sweep experiments/studies/smollm2/objectives.yaml
+	$(PY) experiments/studies/smollm2/analyse.py
 
 # The newest versions pyproject.toml's bounds allow, in a separate venv, resolved afresh each time, with
 # the lmms extra (its plugin tests are part of the suite). SmolLM2's GGUF package goes in without its
