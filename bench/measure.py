@@ -1,5 +1,7 @@
 """What a timed run measures and how: forward hooks that split a call into prefill, setup and decode steps
-(``ForwardClock``, ``Run``, ``run_variant``), and the machine around it (other processes' load, threads)."""
+(``ForwardClock``, ``Run``, ``run_variant``), the order runs take (``interleaved``: one whole call after
+another, or in lockstep, one forward each in turn), and the machine around it (other processes' load,
+threads)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import math
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
@@ -49,12 +52,86 @@ class ForeignLoad:
         }
 
 
-class ForwardClock:
-    """Hooks on the top-level model: timestamps of every forward's start, the end of the first (prefill)
-    forward, and whether each forward ran with autograd on."""
+class OwnClock:
+    """A run's own time, wall-clock and process CPU. Alone (``turns=None``) it is ``time.perf_counter`` and
+    ``time.process_time``. In lockstep it counts only the run's own turns: ``yield_turn`` (called before
+    each forward) stops it, waits while the other runs take theirs, and starts it again."""
 
-    def __init__(self, model: torch.nn.Module, on_decode_start: Callable[[], None] | None = None) -> None:
+    def __init__(self, turns: Turns | None = None, name: str = "") -> None:
+        self.turns, self.name = turns, name
+        self._wall = self._cpu = 0.0
+        self._since: tuple[float, float] | None = None
+
+    def start(self) -> None:
+        """Begin the run: in lockstep, once its first turn has come."""
+        if self.turns is not None:
+            self.turns.wait(self.name)
+        self._since = (time.perf_counter(), time.process_time())
+
+    def _stop(self) -> None:
+        wall, cpu = self._since
+        self._wall += time.perf_counter() - wall
+        self._cpu += time.process_time() - cpu  # the other runs' threads are waiting: this is our CPU
+
+    def yield_turn(self) -> None:
+        if self.turns is not None:
+            self._stop()
+            self.turns.pass_on(self.name)
+            self._since = (time.perf_counter(), time.process_time())
+
+    def now(self) -> float:
+        if self.turns is None:
+            return time.perf_counter()
+        return self._wall + time.perf_counter() - self._since[0]
+
+    def cpu_now(self) -> float:
+        if self.turns is None:
+            return time.process_time()
+        return self._cpu + time.process_time() - self._since[1]
+
+
+class Turns:
+    """Runs in lockstep, one thread each: exactly one works at a time, and the turn passes at every
+    forward, so each run's steps alternate with the others' and a slow drift of the machine's speed (a
+    neighbour on the host's memory bus, the clock) falls on every variant alike instead of on whichever
+    ran in that minute."""
+
+    def __init__(self, names: list[str]) -> None:
+        self._order = list(names)  # the head holds the turn
+        self._changed = threading.Condition()
+
+    def wait(self, name: str) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._order[0] == name)
+
+    def pass_on(self, name: str) -> None:
+        with self._changed:
+            self._order.append(self._order.pop(0))
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self._order[0] == name)
+
+    def leave(self, name: str) -> None:
+        with self._changed:
+            self._order.remove(name)
+            self._changed.notify_all()
+
+
+class ForwardClock:
+    """Hooks on the top-level model: timestamps (``clock``'s) of every forward's start, the end of the first
+    (prefill) forward, and whether each forward ran with autograd on. Forwards of other threads (the other
+    runs of a lockstep round, on the same model) are not this run's and are ignored. The hooks take no
+    keyword arguments: a forward that began while another run's hooks were registered may still call them
+    after that run removed them, and torch then calls them without."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        on_decode_start: Callable[[], None] | None = None,
+        clock: OwnClock | None = None,
+    ) -> None:
         self.model, self.on_decode_start = model, on_decode_start
+        self.clock = clock or OwnClock()
+        self.thread = threading.get_ident()
         self.device = model.get_output_embeddings().weight.device
         self.starts: list[float] = []
         self.cpu_starts: list[float] = []  # process CPU time: what the run computed, not how long it waited
@@ -63,7 +140,7 @@ class ForwardClock:
 
     def __enter__(self) -> ForwardClock:
         self._handles = [
-            self.model.register_forward_pre_hook(self._pre, with_kwargs=True, prepend=True),
+            self.model.register_forward_pre_hook(self._pre, prepend=True),
             self.model.register_forward_hook(self._post),
         ]
         return self
@@ -72,18 +149,23 @@ class ForwardClock:
         for handle in self._handles:
             handle.remove()
 
-    def _pre(self, module, args, kwargs) -> None:
+    def _pre(self, module, args) -> None:
+        if threading.get_ident() != self.thread:
+            return
         if self.starts:  # a decode forward; the sync makes the timestamp mean "previous step done"
             synchronize(self.device)
-        self.starts.append(time.perf_counter())
-        self.cpu_starts.append(time.process_time())
+        self.clock.yield_turn()
+        self.starts.append(self.clock.now())
+        self.cpu_starts.append(self.clock.cpu_now())
         self.grad.append(torch.is_grad_enabled())
         if len(self.starts) == 2 and self.on_decode_start is not None:
             self.on_decode_start()
 
     def _post(self, module, args, output) -> None:
+        if threading.get_ident() != self.thread:
+            return
         synchronize(self.device)
-        self.ends.append(time.perf_counter())
+        self.ends.append(self.clock.now())
 
     @property
     def prefill_end(self) -> float:
@@ -154,8 +236,10 @@ def run_variant(
     on_decode_start: Callable[[], None] | None = None,
     decoder_class: type | None = None,
     controller_class: type | None = None,
+    clock: OwnClock | None = None,
 ) -> Run:
-    """Run ``variant`` once and time it; fails if any sample made other than ``new_tokens`` tokens."""
+    """Run ``variant`` once and time it (by ``clock``: alone, or one of a lockstep round); fails if any
+    sample made other than ``new_tokens`` tokens."""
     from transformers import DynamicCache
 
     from vreason.engine import Decoder, cache_argument, cache_bytes
@@ -190,8 +274,10 @@ def run_variant(
         base = torch.cuda.memory_allocated(device)
     synchronize(device)
     load = ForeignLoad() if Path("/proc/stat").is_file() else None
-    with ForwardClock(model, decode_started) as clock:
-        start, cpu_start = time.perf_counter(), time.process_time()
+    own = clock or OwnClock()
+    own.start()
+    with ForwardClock(model, decode_started, own) as clock:
+        start, cpu_start = own.now(), own.cpu_now()
         if variant.uses_generate:
             cache = DynamicCache(config=model.config)  # ours, to measure it afterwards
             with torch.no_grad():
@@ -211,7 +297,7 @@ def run_variant(
             faults = sum(len(t.faults) for t in traces)
             kv_bytes = round(traces[0].kv_cache_mb * 2**20)
         synchronize(device)
-        end, cpu_end = time.perf_counter(), time.process_time()
+        end, cpu_end = own.now(), own.cpu_now()
     lengths = {len(ids) for ids in token_ids}
     if lengths != {new_tokens} or len(clock.starts) != new_tokens:
         raise RuntimeError(
@@ -330,15 +416,55 @@ def warm_up(model, inputs: Mapping[str, Tensor], new_tokens: int, positions: str
 
 
 def interleaved(
-    variants: list[Variant], repeats: int, one_run: Callable[[Variant], Run]
+    variants: list[Variant],
+    repeats: int,
+    one_run: Callable[..., Run],
+    lockstep: bool = False,
+    before_round: Callable[[], None] | None = None,
 ) -> dict[str, list[Run]]:
-    """``repeats`` rounds over all variants, the order rotated by one each round."""
+    """``repeats`` rounds over all variants, the order rotated by one each round. One after another, each
+    call is ``one_run(variant)``; in ``lockstep`` the round's calls run side by side, one thread each,
+    taking turns at every forward (``Turns``), and each is ``one_run(variant, clock=OwnClock)``.
+    ``before_round`` runs before each lockstep round (waiting for a quiet machine, say)."""
     runs: dict[str, list[Run]] = {v.name: [] for v in variants}
     for r in range(repeats):
         shift = r % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            runs[variant.name].append(one_run(variant))
+        order = variants[shift:] + variants[:shift]
+        if not lockstep:
+            for variant in order:
+                runs[variant.name].append(one_run(variant))
+            continue
+        if before_round is not None:
+            before_round()
+        for variant, run in zip(order, lockstep_round(order, one_run), strict=True):
+            runs[variant.name].append(run)
     return runs
+
+
+def lockstep_round(order: list[Variant], one_run: Callable[..., Run]) -> list[Run]:
+    """One call of each variant in ``order``, in lockstep; re-raises the first failure."""
+    turns = Turns([v.name for v in order])
+    results: dict[str, Run | BaseException] = {}
+    threads = torch.get_num_threads()  # torch's intra-op setting is per thread: carry it over
+
+    def call(variant: Variant) -> None:
+        torch.set_num_threads(threads)
+        try:
+            results[variant.name] = one_run(variant, clock=OwnClock(turns, variant.name))
+        except BaseException as error:  # re-raised in the caller's thread below
+            results[variant.name] = error
+        finally:
+            turns.leave(variant.name)
+
+    workers = [threading.Thread(target=call, args=(v,), name=f"lockstep-{v.name}") for v in order]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for variant in order:
+        if isinstance(results[variant.name], BaseException):
+            raise results[variant.name]
+    return [results[v.name] for v in order]
 
 
 def timed_run(
@@ -351,11 +477,13 @@ def timed_run(
     quiet: QuietSpec,
     label: str,
     log: Callable[[str], None],
+    clock: OwnClock | None = None,
 ) -> Run:
-    """``run_variant`` after waiting for other processes to leave the cores (CPU only), logged in one line."""
+    """``run_variant`` after waiting for other processes to leave the cores (CPU only; in lockstep,
+    ``clock``, the round waits instead), logged in one line."""
     cuda = model.get_output_embeddings().weight.device.type == "cuda"
-    waited = 0.0 if cuda else wait_for_quiet(quiet)
-    run = run_variant(model, variant, inputs, new_tokens, positions, seed=seed)
+    waited = 0.0 if cuda or clock is not None else wait_for_quiet(quiet)
+    run = run_variant(model, variant, inputs, new_tokens, positions, seed=seed, clock=clock)
     log(
         f"[{label}] b={run.batch} {variant.name:9s} {run.per_token_s * 1e3:8.2f} ms/token  "
         f"prefill {run.prefill_s:6.2f} s  opt steps {run.optimisation_steps}  "

@@ -2,7 +2,11 @@
 on a grid of video tokens x batch x generated tokens, with peak memory beside each.
 
 Every grid point times ``generate``, ``loop_off``, ``full_k4`` and ``lite_k4`` (the config's ``variants``)
-interleaved over ``repeats`` rounds in this one process, as ``bench.overhead`` does, and reports per variant:
+over ``repeats`` rounds in this one process. On CPU each round runs its variants in lockstep (``lockstep``,
+the default): one thread per variant, one forward each in turn, each run timed over its own turns only, so
+the machine's slow drifts (on a shared host, ±20% over a minute) fall on every variant alike; the ratios are
+then the medians of the per-round ratios. Otherwise (CUDA, or ``lockstep=false``) the variants run one
+whole call after another, the order rotated each round, and the ratios are ratios of medians. Per variant:
 
 - whole call per generated token: the whole ``model.generate`` / ``Decoder.generate`` call (prefill included)
   over the tokens it made, ``batch * new_tokens``; median over the rounds, and its ratio to generate's;
@@ -98,6 +102,9 @@ class ScalingConfig:
     new_tokens: list[int] = field(default_factory=lambda: [32, 256])
     points: list[GridPoint] = field(default_factory=list)  # empty: every point of the grid
     repeats: int = 3
+    # CPU: each round's variants in lockstep, one forward each in turn (``measure.Turns``); false: one
+    # whole call after another. CUDA always runs them one after another (its memory counters are global).
+    lockstep: bool = True
     warmup_tokens: int = 3
     threads: int | None = None  # None: all cores
     quiet: QuietSpec = field(default_factory=QuietSpec)
@@ -135,12 +142,25 @@ def load_scaling_config(path: str | Path, overrides: list[str] | None = None) ->
     return cfg
 
 
+def lockstep(cfg: ScalingConfig) -> bool:
+    return cfg.lockstep and not cfg.model.device.startswith("cuda")
+
+
 def video_of(cfg: ScalingConfig, video_tokens: int) -> ScalingVideo:
     return next(v for v in cfg.videos if v.video_tokens == video_tokens)
 
 
-def variant_row(variant: Variant, own: list[Run], reference: list[Run]) -> dict[str, Any]:
-    """One variant at one point: medians over the rounds, ratios of medians, paired per-round ratios."""
+def variant_row(
+    variant: Variant, own: list[Run], reference: list[Run], paired: bool = False
+) -> dict[str, Any]:
+    """One variant at one point: medians over the rounds, the ratios to generate's and the per-round
+    (paired) ratios. The ratio is the median of the paired ones where the rounds ran in lockstep (each
+    round's runs shared the same minutes of the machine), else the ratio of the medians."""
+
+    def ratio(values: list[float], reference_values: list[float]) -> float:
+        if paired:
+            return median([a / b for a, b in zip(values, reference_values, strict=True)])
+        return median(values) / median(reference_values)
 
     def call_per_token(run: Run) -> float:  # the whole call over every token it made
         return run.call_s / (run.batch * run.new_tokens)
@@ -159,14 +179,14 @@ def variant_row(variant: Variant, own: list[Run], reference: list[Run]) -> dict[
     return {
         "label": variant.label,
         "call_ms_per_token": median(call) * 1e3,
-        "call_ratio_vs_generate": median(call) / median(call_ref),
+        "call_ratio_vs_generate": ratio(call, call_ref),
         "call_paired_ratios": [a / b for a, b in zip(call, call_ref, strict=True)],
         "step_ms": median(steps) * 1e3,
-        "step_ratio_vs_generate": median(steps) / median(steps_ref),
+        "step_ratio_vs_generate": ratio(steps, steps_ref),
         "step_paired_ratios": [a / b for a, b in zip(steps, steps_ref, strict=True)],
         # the same in process CPU time (one intra-op thread: not charged for time the core served others)
-        "call_cpu_ratio_vs_generate": median(cpu_call) / median(cpu_call_ref),
-        "step_cpu_ratio_vs_generate": median(cpu_steps) / median(cpu_steps_ref),
+        "call_cpu_ratio_vs_generate": ratio(cpu_call, cpu_call_ref),
+        "step_cpu_ratio_vs_generate": ratio(cpu_steps, cpu_steps_ref),
         "call_s": median([r.call_s for r in own]),
         "prefill_s": median([r.prefill_s for r in own]),
         "tokens_per_s": median([r.batch * r.new_tokens / r.call_s for r in own]),
@@ -185,7 +205,7 @@ def bench_point(model, tokenizer, cfg: ScalingConfig, point: GridPoint, log: Cal
     video = video_of(cfg, point.video_tokens)
     inputs = make_inputs(cfg, tokenizer, video, point.batch)
 
-    def timed(variant: Variant) -> Run:
+    def timed(variant: Variant, clock: measure.OwnClock | None = None) -> Run:
         return measure.timed_run(
             model,
             variant,
@@ -196,9 +216,16 @@ def bench_point(model, tokenizer, cfg: ScalingConfig, point: GridPoint, log: Cal
             cfg.quiet,
             point.label,
             log,
+            clock,
         )
 
-    runs = measure.interleaved(variants, cfg.repeats, timed)
+    runs = measure.interleaved(
+        variants,
+        cfg.repeats,
+        timed,
+        lockstep=lockstep(cfg),
+        before_round=lambda: measure.wait_for_quiet(cfg.quiet),
+    )
     result = {
         **asdict(point),
         "label": point.label,
@@ -206,7 +233,10 @@ def bench_point(model, tokenizer, cfg: ScalingConfig, point: GridPoint, log: Cal
         "video_tokens_measured": count_video_tokens(model, inputs),
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
         "repeats": cfg.repeats,
-        "variants": {v.name: variant_row(v, runs[v.name], runs["generate"]) for v in variants},
+        "lockstep": lockstep(cfg),
+        "variants": {
+            v.name: variant_row(v, runs[v.name], runs["generate"], paired=lockstep(cfg)) for v in variants
+        },
     }
     if "loop_off" in runs:
         result["loop_off_tokens_match_generate"] = (

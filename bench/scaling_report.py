@@ -85,13 +85,20 @@ def scaling_markdown(report: dict[str, Any]) -> str:
     variants = list(points[0]["variants"]) if points else []
     others = [v for v in variants if v != "generate"]
     lines = preamble("Scaling benchmark", report) + _coverage(report)
+    lockstep = bool(points) and all(p.get("lockstep") for p in points)
+    how = (
+        "Each round ran the variants in lockstep (one thread each, one forward each in turn, each timed "
+        "over its own turns); the ratios are medians of the per-round ratios."
+        if lockstep
+        else "The variants ran one whole call after another, the order rotated each round; the ratios are "
+        "ratios of medians over the repeats."
+    )
     lines += [
         "",
         "## Ratios to generate at a glance",
         "",
         "call: the whole call (prefill included) per generated token over generate's; step: the mean "
-        "interval between decode forwards over generate's. Ratios of medians over the repeats, all measured "
-        "in one process with the variants alternating.",
+        f"interval between decode forwards over generate's. All measured in one process. {how}",
         "",
         *_glance(points, others, "", "ratio_vs_generate"),
         "",
@@ -105,7 +112,8 @@ def scaling_markdown(report: dict[str, Any]) -> str:
         "## Every point and variant",
         "",
         "call ms/token: the whole call over the tokens it made (batch x new tokens), median over repeats; "
-        "x gen: ratio of medians to generate's; paired: range of the per-repeat ratios. step ms: mean "
+        f"x gen: ratio to generate's ({'median of the paired ones' if lockstep else 'of medians'}); paired: "
+        "range of the per-repeat ratios. step ms: mean "
         "interval between decode forwards (one step of the whole batch). tok/s: generated tokens per second "
         "of the whole call; x b=1: over the same variant's at batch 1. Memory: the whole peak (weights "
         "included) and its growth over the call (CPU: RSS in a fresh process per point and variant; CUDA: "
