@@ -101,10 +101,15 @@ def ratio_figure(report: dict[str, Any], x_key: str, row_key: str) -> Figure:
     load = (
         f"; other processes {100 * foreign['other_processes_share']:.0f}% of the machine" if foreign else ""
     )
+    repeats = _plural(points[0]["repeats"], "repeat")
+    how = (
+        f"medians of the paired ratios over {repeats}, variants in lockstep"
+        if all(p.get("lockstep") for p in points)
+        else f"medians over {repeats}, variants alternating"
+    )
     figure.suptitle(
         f"{report['benchmark']}: each variant's time over model.generate's, against "
-        f"{AXES[x_key]}\n(medians over {_plural(points[0]['repeats'], 'repeat')}, variants "
-        f"alternating; {machine['device']}, {_plural(machine['torch_threads'], 'thread')}{load})"
+        f"{AXES[x_key]}\n({how}; {machine['device']}, {_plural(machine['torch_threads'], 'thread')}{load})"
     )
     return figure
 
