@@ -157,9 +157,12 @@ def variant_row(
     (paired) ratios. The ratio is the median of the paired ones where the rounds ran in lockstep (each
     round's runs shared the same minutes of the machine), else the ratio of the medians."""
 
+    def pairs(values: list[float], reference_values: list[float]) -> list[float]:
+        return [a / b for a, b in zip(values, reference_values, strict=True)]
+
     def ratio(values: list[float], reference_values: list[float]) -> float:
         if paired:
-            return median([a / b for a, b in zip(values, reference_values, strict=True)])
+            return median(pairs(values, reference_values))
         return median(values) / median(reference_values)
 
     def call_per_token(run: Run) -> float:  # the whole call over every token it made
@@ -180,10 +183,10 @@ def variant_row(
         "label": variant.label,
         "call_ms_per_token": median(call) * 1e3,
         "call_ratio_vs_generate": ratio(call, call_ref),
-        "call_paired_ratios": [a / b for a, b in zip(call, call_ref, strict=True)],
+        "call_paired_ratios": pairs(call, call_ref),
         "step_ms": median(steps) * 1e3,
         "step_ratio_vs_generate": ratio(steps, steps_ref),
-        "step_paired_ratios": [a / b for a, b in zip(steps, steps_ref, strict=True)],
+        "step_paired_ratios": pairs(steps, steps_ref),
         # the same in process CPU time (one intra-op thread: not charged for time the core served others)
         "call_cpu_ratio_vs_generate": ratio(cpu_call, cpu_call_ref),
         "step_cpu_ratio_vs_generate": ratio(cpu_steps, cpu_steps_ref),
@@ -219,11 +222,12 @@ def bench_point(model, tokenizer, cfg: ScalingConfig, point: GridPoint, log: Cal
             clock,
         )
 
+    in_lockstep = lockstep(cfg)
     runs = measure.interleaved(
         variants,
         cfg.repeats,
         timed,
-        lockstep=lockstep(cfg),
+        lockstep=in_lockstep,
         before_round=lambda: measure.wait_for_quiet(cfg.quiet),
     )
     result = {
@@ -233,9 +237,9 @@ def bench_point(model, tokenizer, cfg: ScalingConfig, point: GridPoint, log: Cal
         "video_tokens_measured": count_video_tokens(model, inputs),
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
         "repeats": cfg.repeats,
-        "lockstep": lockstep(cfg),
+        "lockstep": in_lockstep,
         "variants": {
-            v.name: variant_row(v, runs[v.name], runs["generate"], paired=lockstep(cfg)) for v in variants
+            v.name: variant_row(v, runs[v.name], runs["generate"], paired=in_lockstep) for v in variants
         },
     }
     if "loop_off" in runs:

@@ -10,6 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from bench.report import limit_text
+from bench.scaling_report import ran_in_lockstep
 
 # (the row's key, the target metric drawn with it, the panel's title)
 PANELS = (
@@ -104,7 +105,7 @@ def ratio_figure(report: dict[str, Any], x_key: str, row_key: str) -> Figure:
     repeats = _plural(points[0]["repeats"], "repeat")
     how = (
         f"medians of the paired ratios over {repeats}, variants in lockstep"
-        if all(p.get("lockstep") for p in points)
+        if ran_in_lockstep(points)
         else f"medians over {repeats}, variants alternating"
     )
     figure.suptitle(

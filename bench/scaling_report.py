@@ -80,12 +80,17 @@ def _glance(points: list[dict[str, Any]], others: list[str], suffix: str, key: s
     return lines
 
 
+def ran_in_lockstep(points: list[dict[str, Any]]) -> bool:
+    """Whether every point's rounds ran in lockstep (then its ratios are medians of the paired ones)."""
+    return bool(points) and all(p.get("lockstep") for p in points)
+
+
 def scaling_markdown(report: dict[str, Any]) -> str:
     points = report["points"]
     variants = list(points[0]["variants"]) if points else []
     others = [v for v in variants if v != "generate"]
     lines = preamble("Scaling benchmark", report) + _coverage(report)
-    lockstep = bool(points) and all(p.get("lockstep") for p in points)
+    lockstep = ran_in_lockstep(points)
     how = (
         "Each round ran the variants in lockstep (one thread each, one forward each in turn, each timed "
         "over its own turns); the ratios are medians of the per-round ratios."

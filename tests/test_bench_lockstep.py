@@ -146,9 +146,9 @@ def _run(call_s: float, decode_s: float) -> Run:
 
 
 def test_lockstep_ratios_are_medians_of_the_paired_ones():
-    """Rounds at 1x, 2x and 4x the machine's speed: the variant is 10% slower in each round. Paired, that is
-    1.10; a ratio of medians mixes the rounds and gives 2.2 / 2.0 = 1.10 only by luck, so the reference's
-    middle round is made faster to tell the two apart."""
+    """Rounds at 1x, 2x and 4x the machine's speed; the variant is 10% slower than the reference in rounds 1
+    and 3 and 30% in round 2. The median of the paired ratios is 1.10; the ratio of medians divides round
+    2's time by round 2's reference, 2.6 / 2.0 = 1.30."""
     reference = [_run(1.0, 0.8), _run(2.0, 1.6), _run(4.0, 3.2)]
     own = [_run(1.1, 0.88), _run(2.6, 2.08), _run(4.4, 3.52)]  # round 2: 1.3x
     paired = variant_row(Variant("v"), own, reference, paired=True)
